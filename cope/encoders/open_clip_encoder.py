@@ -31,10 +31,30 @@ def file_fingerprint(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
     return h.hexdigest()[:16]
 
 
+_CONFIGS_ADDED = False
+
+
+def register_model_configs() -> None:
+    """Add cope's own architectures (``cope/model_configs/*.json``) and any folders in ``$COPE_MODEL_CONFIGS``
+    (os.pathsep-separated) to open_clip's registry, the way open_clip reads its ``model_configs``."""
+    global _CONFIGS_ADDED
+    if _CONFIGS_ADDED:
+        return
+    ensure_torchvision_importable()
+    import open_clip
+
+    folders = [Path(__file__).resolve().parent.parent / "model_configs"]
+    folders += [Path(p) for p in os.environ.get("COPE_MODEL_CONFIGS", "").split(os.pathsep) if p]
+    for folder in folders:
+        if folder.is_dir():
+            open_clip.add_model_config(folder)
+    _CONFIGS_ADDED = True
+
+
 def is_open_clip_model(name: str) -> bool:
     if name.startswith(("local-dir:", "hf-hub:")):
         return True
-    ensure_torchvision_importable()
+    register_model_configs()
     import open_clip
 
     return name in open_clip.list_models()
@@ -61,7 +81,7 @@ class OpenClipEncoder(Encoder):
         threads: int | None = None,
         seed: int = 0,
     ) -> None:
-        ensure_torchvision_importable()
+        register_model_configs()
         import open_clip
         import torch
 

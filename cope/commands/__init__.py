@@ -1,0 +1,1 @@
+"""Subcommands of the ``cope`` CLI, one module each."""

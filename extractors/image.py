@@ -1,0 +1,84 @@
+"""Images: Pillow decode with EXIF orientation, any mode to RGB, a pixel limit, and draft decoding for JPEG."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from cope.content import Content, ExtractionError, ExtractOptions
+from cope.records import ImageRecord
+from extractors import register_extractor
+
+logger = logging.getLogger(__name__)
+
+
+def _check_local(uri: str) -> Path:
+    if "://" in uri:
+        raise ExtractionError(f"{uri}: only local files are supported (download remote files first)")
+    path = Path(uri)
+    if not path.is_file():
+        raise ExtractionError(f"{uri}: file not found")
+    return path
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """RGBA/LA/P-with-transparency composited on white; CMYK, palette, greyscale, 16-bit converted to RGB."""
+    if im.mode == "RGB":
+        return im
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        im = im.point(lambda v: v / 256).convert("L")
+    return im.convert("RGB")
+
+
+def load_image(uri: str, max_pixels: int = 64_000_000, size_hint: int | None = None) -> Image.Image:
+    """Open an image file as RGB. Raises ExtractionError with the reason when it cannot.
+
+    ``size_hint`` lets JPEG decode at a reduced scale (never below 2x the hint on the short side).
+    """
+    path = _check_local(uri)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ExtractionError(f"{uri}: {w}x{h} pixels exceeds the limit of {max_pixels} (decompression bomb?)")
+            if size_hint and im.format == "JPEG" and min(w, h) > 2 * size_hint:
+                scale = 2 * size_hint / min(w, h)
+                im.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return to_rgb(im)
+    except ExtractionError:
+        raise
+    except UnidentifiedImageError:
+        raise ExtractionError(f"{uri}: not a readable image (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise ExtractionError(f"{uri}: corrupt or truncated image ({type(e).__name__}: {e})") from None
+
+
+@register_extractor("image")
+def extract_image(record: ImageRecord, options: ExtractOptions) -> list[Content]:
+    im = load_image(record.uri, options.max_image_pixels, options.image_size)
+    return [
+        Content(
+            item_id=record.record_key,
+            domain="image",
+            source_id=record.image_id,
+            record_key=record.record_key,
+            images=[im],
+            text=record.text,
+            metadata=dict(record.metadata),
+            media_uri=record.uri,
+        )
+    ]

@@ -1,0 +1,64 @@
+"""Live streams: cut into time slices; each slice is an item with its snapshots (or sampled frames) and its ASR."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from cope.content import Content, ExtractionError, ExtractOptions
+from cope.records import LiveStream, slice_item_id
+from extractors import register_extractor
+from extractors.image import load_image
+from extractors.video import probe_av, read_video_frames
+
+
+def _slice_content(record: LiveStream, start: float, end: float, images: list, media: str | None) -> Content:
+    text = "\n".join(t for t in (record.title.strip(), record.asr_text(start, end)) if t)
+    return Content(
+        item_id=slice_item_id(record.live_id, start, end),
+        domain="live",
+        source_id=record.live_id,
+        record_key=record.record_key,
+        images=images,
+        text=text,
+        slice_start=start,
+        slice_end=end,
+        metadata={"title": record.title, **record.metadata},
+        media_uri=media,
+    )
+
+
+def _from_snapshots(record: LiveStream, options: ExtractOptions) -> list[Content]:
+    groups: dict[tuple[float, float], list[str]] = defaultdict(list)
+    for snap in sorted(record.snapshots or [], key=lambda s: s.t):
+        groups[record.slice_bounds(snap.t)].append(snap.uri)
+    return [
+        _slice_content(record, start, end, [load_image(u, options.max_image_pixels, options.image_size) for u in uris],
+                       uris[0])
+        for (start, end), uris in sorted(groups.items())
+    ]
+
+
+def _from_recording(record: LiveStream, options: ExtractOptions) -> list[Content]:
+    assert record.recording is not None
+    try:
+        duration = probe_av(record.recording).duration
+    except ExtractionError:
+        raise
+    except Exception as e:
+        raise ExtractionError(f"{record.recording}: not a readable recording ({type(e).__name__}: {e})") from None
+    if duration <= 0:
+        raise ExtractionError(f"{record.recording}: recording has no duration")
+    length, k = record.slice_seconds, options.frames_per_slice
+    bounds = [(i * length, (i + 1) * length) for i in range(math.ceil(duration / length))]
+    times = [min(s + (j + 0.5) * (min(e, duration) - s) / k, duration) for s, e in bounds for j in range(k)]
+    frames, _ = read_video_frames(record.recording, times=times, short_side=options.image_size,
+                                  decoder=options.video_decoder)
+    if len(frames) != len(times):
+        raise ExtractionError(f"{record.recording}: decoded {len(frames)} of {len(times)} sampled frames")
+    return [_slice_content(record, s, e, frames[i * k : (i + 1) * k], record.recording) for i, (s, e) in enumerate(bounds)]
+
+
+@register_extractor("live")
+def extract_live(record: LiveStream, options: ExtractOptions) -> list[Content]:
+    return _from_snapshots(record, options) if record.snapshots is not None else _from_recording(record, options)

@@ -1,0 +1,35 @@
+"""Product pages: text composed from title, description and attributes; the page's images (main image first)."""
+
+from __future__ import annotations
+
+from cope.content import Content, ExtractOptions
+from cope.records import ProductPage
+from extractors import register_extractor
+from extractors.image import load_image
+
+
+def product_text(record: ProductPage) -> str:
+    """Title, description and ``key: value`` attributes, in that order, one per line."""
+    parts = [record.title.strip(), record.description.strip()]
+    parts += [f"{k}: {v}" for k, v in record.attributes.items() if str(v).strip()]
+    return "\n".join(p for p in parts if p)
+
+
+@register_extractor("product")
+def extract_product(record: ProductPage, options: ExtractOptions) -> list[Content]:
+    images = [
+        load_image(uri, options.max_image_pixels, options.image_size)
+        for uri in record.images[: options.max_images_per_product]
+    ]
+    return [
+        Content(
+            item_id=record.record_key,
+            domain="product",
+            source_id=record.item_id,
+            record_key=record.record_key,
+            images=images,
+            text=product_text(record),
+            metadata={"title": record.title, **record.metadata},
+            media_uri=record.images[0] if record.images else None,
+        )
+    ]
