@@ -259,7 +259,9 @@ class EmbedJob:
     def _flush(self, force: bool = False) -> None:
         if self._rows and (force or len(self._rows) >= self.config.write_every):
             dim = self.encoder.dim
-            self.store.ensure_table(self.model_tag, dim)
+            spec = {"model": self.config.model, "pretrained": self.config.pretrained,
+                    "fusion": self.config.fusion.model_dump()}
+            self.store.ensure_table(self.model_tag, dim, spec)
             table = pa.Table.from_pylist(self._rows, schema=self.store.table.schema)
             self.store.upsert(table)
             self._rows = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import warnings
@@ -12,7 +13,7 @@ from pathlib import Path
 import lancedb
 import pyarrow as pa
 
-from store.schema import ERROR_SCHEMA, META_DIM, META_MODEL_TAG, item_schema
+from store.schema import ERROR_SCHEMA, META_DIM, META_MODEL_SPEC, META_MODEL_TAG, item_schema
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,13 @@ class ItemStore:
         raw = (self._table.schema.metadata or {}).get(META_DIM)
         return int(raw) if raw else None
 
+    @property
+    def model_spec(self) -> dict:
+        """How the table's encoder was built: ``{"model": ..., "pretrained": ..., "fusion": {...}}`` (may be empty)."""
+        if self._table is None:
+            return {}
+        return json.loads((self._table.schema.metadata or {}).get(META_MODEL_SPEC, b"{}") or b"{}")
+
     def check_model(self, model_tag: str | None, dim: int | None) -> None:
         if self._table is None:
             return
@@ -99,9 +107,10 @@ class ItemStore:
                 "or another --db."
             )
 
-    def ensure_table(self, model_tag: str, dim: int) -> lancedb.table.Table:
+    def ensure_table(self, model_tag: str, dim: int, model_spec: dict | None = None) -> lancedb.table.Table:
         if self._table is None:
-            self._table = self.db.create_table(self.name, schema=item_schema(dim, model_tag), exist_ok=True)
+            schema = item_schema(dim, model_tag, json.dumps(model_spec or {}))
+            self._table = self.db.create_table(self.name, schema=schema, exist_ok=True)
             logger.info("created table %r in %s for %s (dim %d)", self.name, self.uri, model_tag, dim)
         self.check_model(model_tag, dim)
         return self._table

