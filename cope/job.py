@@ -252,7 +252,7 @@ class EmbedJob:
             self.summary.failed += 1
         if len(self.summary.errors) < 20:
             self.summary.errors.append(f"{origin}: {reason}")
-        logger.warning("%s (%s): %s failed: %s", key, origin, stage, reason)
+        logger.warning("%s: %s failed: %s", origin if key.startswith("manifest:") else f"{origin} {key}", stage, reason)
         self._errors.append({"record_key": key, "origin": origin, "stage": stage, "reason": reason,
                              "model_tag": self.model_tag})
 

@@ -92,11 +92,19 @@ def read_frames_decord(uri: str, indices: Sequence[int], info: VideoInfo, short_
     import decord
 
     width, height = _target_size(info.width, info.height, short_side)
-    vr = decord.VideoReader(uri, ctx=decord.cpu(0), width=width, height=height, num_threads=1)
-    n = len(vr)
-    safe = [min(i, n - 1) for i in indices]
-    batch = vr.get_batch(safe).asnumpy()
-    return [Image.fromarray(frame) for frame in batch]
+
+    def decode(w: int, h: int) -> list[Image.Image]:
+        vr = decord.VideoReader(uri, ctx=decord.cpu(0), width=w, height=h, num_threads=1)
+        safe = [min(i, len(vr) - 1) for i in indices]
+        return [Image.fromarray(frame) for frame in vr.get_batch(safe).asnumpy()]
+
+    if (width, height) == (info.width, info.height):
+        return decode(-1, -1)
+    try:
+        return decode(width, height)
+    except decord.DECORDError:  # decord's scaler rejects some sizes (buffer size mismatch): resize with Pillow
+        logger.debug("decord could not resize %s to %dx%d; resizing with Pillow", uri, width, height)
+        return [im.resize((width, height), Image.BILINEAR) for im in decode(-1, -1)]
 
 
 def _decoders(choice: str) -> list[str]:

