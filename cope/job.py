@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +107,11 @@ class _Prepared:
         return sum(len(t) for t in self.tensors)
 
 
+def model_spec(config: EmbedConfig) -> dict[str, Any]:
+    """What a reader needs to rebuild the table's encoder (stored in the table's metadata)."""
+    return {"model": config.model, "pretrained": config.pretrained, "fusion": config.fusion.model_dump()}
+
+
 def _count_rows(paths: Sequence[Path]) -> int | None:
     total = 0
     for p in paths:
@@ -141,21 +146,7 @@ class EmbedJob:
 
     # -- stages ------------------------------------------------------------------------------------------------
     def _prepare(self, record: Record, origin: str, digest: str) -> _Prepared:
-        """Runs in a worker thread: decode the record and preprocess its images into model tensors."""
-        import extractors
-
-        prepared = _Prepared(record, origin, digest)
-        try:
-            prepared.contents = extractors.extract(record, self.extract_options)
-            prepared.tensors = [[self.encoder.preprocess(im) for im in c.images] for c in prepared.contents]
-            for c in prepared.contents:
-                c.images = []  # the tensors are all the model needs; free the decoded pictures
-        except ExtractionError as e:
-            prepared.error = str(e)
-        except Exception as e:  # a bug or an unexpected decoder error must not stop the job
-            logger.debug("extraction of %s failed", record.record_key, exc_info=True)
-            prepared.error = f"{type(e).__name__}: {e}"
-        return prepared
+        return prepare_record(record, origin, digest, self.encoder.preprocess, self.extract_options)
 
     def _todo(self, rows: Iterator[ManifestRow], pool: ThreadPoolExecutor, bar: tqdm) -> Iterator[tuple[Record, str, str]]:
         """Valid records whose stored hash differs from their current one; invalid rows and skips are counted."""
@@ -189,63 +180,17 @@ class EmbedJob:
             yield pending.popleft().result()
 
     def _encode(self, batch: list[_Prepared]) -> None:
-        """Encode the images of many records in full batches, their texts together, fuse, and buffer the rows."""
-        import torch
-
-        tensors = [t for p in batch for per_content in p.tensors for t in per_content]
-        texts = [c.text for p in batch for c in p.contents]
         try:
-            bs = self.config.batch_size
-            image_vecs = np.concatenate(
-                [np.zeros((0, self.encoder.dim), np.float32)]
-                + [self.encoder.encode_image_tensors(torch.stack(tensors[i : i + bs])) for i in range(0, len(tensors), bs)]
-            )
-            has_text = [bool(t.strip()) for t in texts]
-            text_vecs = np.zeros((len(texts), self.encoder.dim), np.float32)
-            idx = [i for i, h in enumerate(has_text) if h]
-            if idx:
-                text_vecs[idx] = self.encoder.encode_texts([texts[i] for i in idx], self.config.text_batch_size)
+            rows, n_images = encode_prepared(self.encoder, batch, self.config, self.model_tag)
         except Exception as e:
             logger.exception("encoding a batch of %d records failed", len(batch))
             for p in batch:
                 self._fail(p.record.record_key, p.origin, "encode", f"{type(e).__name__}: {e}")
             return
-        self.summary.images += len(tensors)
-        at, img_pos, txt_pos = now_utc(), 0, 0
-        zeros = np.zeros(self.encoder.dim, np.float32)
-        for p in batch:
-            for content, per_content in zip(p.contents, p.tensors):
-                n = len(per_content)
-                image = mean_vector(image_vecs[img_pos : img_pos + n]) if n else None
-                text = text_vecs[txt_pos] if has_text[txt_pos] else None
-                img_pos, txt_pos = img_pos + n, txt_pos + 1
-                self._rows.append(
-                    {
-                        "item_id": content.item_id,
-                        "record_key": content.record_key,
-                        "domain": content.domain,
-                        "source_id": content.source_id,
-                        "slice_start": content.slice_start,
-                        "slice_end": content.slice_end,
-                        "vector": fuse(image, text, self.config.fusion),
-                        "image_vector": image if image is not None else zeros,
-                        "text_vector": text if text is not None else zeros,
-                        "has_image": image is not None,
-                        "has_text": text is not None,
-                        "n_images": n,
-                        "text": content.text,
-                        "media_uri": content.media_uri,
-                        "content_hash": slice_hash(p.digest, content.slice_start, content.slice_end)
-                        if content.domain == "live" else p.digest,
-                        "record_hash": p.digest,
-                        "model_tag": self.model_tag,
-                        "origin": p.origin,
-                        "metadata": json.dumps(content.metadata, ensure_ascii=False, default=str),
-                        "updated_at": at,
-                    }
-                )
-            self.summary.done += 1
-            self.summary.items += len(p.contents)
+        self._rows.extend(rows)
+        self.summary.images += n_images
+        self.summary.done += len(batch)
+        self.summary.items += len(rows)
 
     def _fail(self, key: str, origin: str, stage: str, reason: str) -> None:
         if stage != "manifest":
@@ -259,9 +204,7 @@ class EmbedJob:
     def _flush(self, force: bool = False) -> None:
         if self._rows and (force or len(self._rows) >= self.config.write_every):
             dim = self.encoder.dim
-            spec = {"model": self.config.model, "pretrained": self.config.pretrained,
-                    "fusion": self.config.fusion.model_dump()}
-            self.store.ensure_table(self.model_tag, dim, spec)
+            self.store.ensure_table(self.model_tag, dim, model_spec(self.config))
             table = pa.Table.from_pylist(self._rows, schema=self.store.table.schema)
             self.store.upsert(table)
             self._rows = []
@@ -305,6 +248,81 @@ class EmbedJob:
             self.store.compact()
         logger.info("%s", self.summary)
         return self.summary
+
+
+def prepare_record(
+    record: Record, origin: str, digest: str, preprocess: Callable[[Any], torch.Tensor], options: ExtractOptions
+) -> _Prepared:
+    """Decode a record and preprocess its images into model tensors (runs in worker threads or Ray tasks)."""
+    import extractors
+
+    prepared = _Prepared(record, origin, digest)
+    try:
+        prepared.contents = extractors.extract(record, options)
+        prepared.tensors = [[preprocess(im) for im in c.images] for c in prepared.contents]
+        for c in prepared.contents:
+            c.images = []  # the tensors are all the model needs; free the decoded pictures
+    except ExtractionError as e:
+        prepared.error = str(e)
+    except Exception as e:  # a bug or an unexpected decoder error must not stop the job
+        logger.debug("extraction of %s failed", record.record_key, exc_info=True)
+        prepared.error = f"{type(e).__name__}: {e}"
+    return prepared
+
+
+def encode_prepared(
+    encoder: Encoder, batch: Sequence[_Prepared], config: EmbedConfig, model_tag: str
+) -> tuple[list[dict[str, Any]], int]:
+    """Encode the images of many records in full batches and their texts together, fuse: store rows, images."""
+    import torch
+
+    tensors = [t for p in batch for per_content in p.tensors for t in per_content]
+    texts = [c.text for p in batch for c in p.contents]
+    bs = config.batch_size
+    image_vecs = np.concatenate(
+        [np.zeros((0, encoder.dim), np.float32)]
+        + [encoder.encode_image_tensors(torch.stack(tensors[i : i + bs])) for i in range(0, len(tensors), bs)]
+    )
+    has_text = [bool(t.strip()) for t in texts]
+    text_vecs = np.zeros((len(texts), encoder.dim), np.float32)
+    idx = [i for i, h in enumerate(has_text) if h]
+    if idx:
+        text_vecs[idx] = encoder.encode_texts([texts[i] for i in idx], config.text_batch_size)
+    rows: list[dict[str, Any]] = []
+    at, img_pos, txt_pos = now_utc(), 0, 0
+    zeros = np.zeros(encoder.dim, np.float32)
+    for p in batch:
+        for content, per_content in zip(p.contents, p.tensors):
+            n = len(per_content)
+            image = mean_vector(image_vecs[img_pos : img_pos + n]) if n else None
+            text = text_vecs[txt_pos] if has_text[txt_pos] else None
+            img_pos, txt_pos = img_pos + n, txt_pos + 1
+            rows.append(
+                {
+                    "item_id": content.item_id,
+                    "record_key": content.record_key,
+                    "domain": content.domain,
+                    "source_id": content.source_id,
+                    "slice_start": content.slice_start,
+                    "slice_end": content.slice_end,
+                    "vector": fuse(image, text, config.fusion),
+                    "image_vector": image if image is not None else zeros,
+                    "text_vector": text if text is not None else zeros,
+                    "has_image": image is not None,
+                    "has_text": text is not None,
+                    "n_images": n,
+                    "text": content.text,
+                    "media_uri": content.media_uri,
+                    "content_hash": slice_hash(p.digest, content.slice_start, content.slice_end)
+                    if content.domain == "live" else p.digest,
+                    "record_hash": p.digest,
+                    "model_tag": model_tag,
+                    "origin": p.origin,
+                    "metadata": json.dumps(content.metadata, ensure_ascii=False, default=str),
+                    "updated_at": at,
+                }
+            )
+    return rows, len(tensors)
 
 
 def embed(

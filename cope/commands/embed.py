@@ -37,6 +37,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--domain", choices=["product", "image", "video", "live"], default=None,
                    help="domain of rows that have no 'domain' column")
     p.add_argument("--no-compact", action="store_true", help="skip merging fragments at the end")
+    ray = p.add_argument_group("distributed (Ray Data; needs cope[ray])")
+    ray.add_argument("--engine", choices=["local", "ray"], default="local")
+    ray.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    ray.add_argument("--actors", type=int, default=1, help="encoder actors (one model each)")
+    ray.add_argument("--cpus-per-actor", type=float, default=1.0)
+    ray.add_argument("--gpus-per-actor", type=float, default=0.0, help="> 0 puts the actors on GPUs")
+    ray.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs per extraction task")
+    ray.add_argument("--records-per-task", type=int, default=64)
     p.set_defaults(func=run)
 
 
@@ -53,7 +61,16 @@ def run(args: argparse.Namespace) -> int:
                                video_decoder=args.video_decoder),
         default_domain=args.domain, progress=False if args.quiet else None, compact=not args.no_compact,
     )
-    summary = embed(args.manifests, args.db, config=config)
+    if args.engine == "ray":
+        try:
+            from cope.ray_engine import embed_ray
+        except ImportError as e:
+            raise ValueError(f"the Ray engine needs Ray Data: pip install 'cope[ray]' ({e})") from None
+        summary = embed_ray(args.manifests, args.db, config, address=args.address, actors=args.actors,
+                            cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
+                            cpus_per_task=args.cpus_per_task, records_per_task=args.records_per_task)
+    else:
+        summary = embed(args.manifests, args.db, config=config)
     print(summary)
     if summary.errors:
         print(f"{summary.failed + summary.invalid} failures; first ones:", file=sys.stderr)

@@ -58,8 +58,12 @@ class Encoder(ABC):
             out.append(self.encode_image_tensors(torch.stack([self.preprocess(im) for im in chunk])))
         return np.concatenate(out, axis=0)
 
-    @property
-    def preprocess_fn(self) -> Callable[[Image.Image], torch.Tensor]:
+    def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """A picklable stand-alone ``preprocess`` (shipped to Ray extraction tasks without the weights).
+
+        The default is the bound method, which pickles the whole encoder; encoders whose preprocessing is a plain
+        transform should return it.
+        """
         return self.preprocess
 
     def __repr__(self) -> str:

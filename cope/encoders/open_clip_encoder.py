@@ -123,6 +123,9 @@ class OpenClipEncoder(Encoder):
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self._preprocess(image)
 
+    def image_transform(self):  # noqa: ANN201 - a torchvision Compose
+        return self._preprocess
+
     def encode_image_tensors(self, batch: torch.Tensor) -> np.ndarray:
         import torch
 
