@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ["embed", "demo", "errors"]
+COMMANDS = ["embed", "demo", "errors", "eval"]
 
 EXIT_USAGE = 2
 
