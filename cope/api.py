@@ -1,0 +1,761 @@
+"""The similarity API: neighbours of a stored item, a vector, a text, an image or a video, within or across domains.
+
+>>> import cope
+>>> db = cope.open("cope-demo/cope.lancedb")  # doctest: +SKIP
+>>> db.similar("video:vid-p001", k=5, domains=["product"]).ids  # doctest: +SKIP
+['product:p001', ...]
+>>> db.search("a red ball", k=3).to_pandas()  # doctest: +SKIP
+
+Queries that are not vectors are encoded with the table's own model, rebuilt from the spec stored in the table and
+checked against its model tag, so vectors of two models are never compared. Filters are typed arguments whose values
+are bound as literals (``lancedb.expr``), never pasted into SQL text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from store import ItemStore
+from store.item_store import StoreMismatchError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from cope.encoders import Encoder
+    from cope.fusion import FusionConfig
+    from store.index import IndexReport, SearchParams
+
+logger = logging.getLogger(__name__)
+
+Domain = Literal["product", "image", "video", "live"]
+VectorColumn = Literal["vector", "image_vector", "text_vector"]
+QueryKind = Literal["auto", "vector", "text", "image", "video"]
+MetadataValue = str | int | float | bool | None
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".flv", ".mpg", ".mpeg", ".ts"})
+
+#: columns of a result row (those the table has), besides the score
+RESULT_COLUMNS = ("item_id", "domain", "source_id", "slice_start", "slice_end", "text", "media_uri", "metadata",
+                  "updated_at")
+_MODALITY_FLAG = {"image_vector": "has_image", "text_vector": "has_text"}
+
+
+class ModelMismatchError(StoreMismatchError):
+    """The encoder at hand is not the model that wrote the table's vectors."""
+
+
+class ItemNotFoundError(LookupError):
+    """An item id that is not in the table."""
+
+
+# -- filters ------------------------------------------------------------------------------------------------------
+
+
+class Filters(BaseModel):
+    """Typed filters; every value is bound as a literal, never pasted into SQL.
+
+    ``slice_between=(a, b)`` keeps live slices overlapping ``[a, b]`` seconds (and so only live rows).
+    ``metadata={"product_key": "p001"}`` compares top-level keys of the JSON ``metadata`` column for equality: rows
+    are narrowed in LanceDB by a substring test on the JSON-encoded value, then checked exactly in Python.
+    ``where`` is raw SQL for trusted callers only (it is combined with AND).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    domains: tuple[Domain, ...] | None = None
+    item_ids: tuple[str, ...] | None = None
+    exclude_ids: tuple[str, ...] | None = None
+    source_ids: tuple[str, ...] | None = None
+    updated_after: dt.datetime | None = None
+    updated_before: dt.datetime | None = None
+    slice_between: tuple[float, float] | None = None
+    metadata: dict[str, MetadataValue] | None = None
+    where: str | None = None
+
+    @field_validator("domains", "item_ids", "exclude_ids", "source_ids", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return (v,) if isinstance(v, str) else v
+
+    @field_validator("updated_after", "updated_before")
+    @classmethod
+    def _utc(cls, v: dt.datetime | None) -> dt.datetime | None:
+        if v is not None and v.tzinfo is None:
+            v = v.replace(tzinfo=dt.timezone.utc)  # the column is UTC; naive datetimes are taken as UTC
+        return v
+
+    def expr(self, *, vector_column: str = "vector", columns: Sequence[str] = ()) -> Any:
+        """The filter as a ``lancedb.expr.Expr`` (or a SQL string when ``where`` is set; ``None`` if no filter)."""
+        from lancedb.expr import col, lit
+
+        parts = []
+        if self.domains is not None:
+            parts.append(col("domain").isin(list(self.domains)))
+        if self.item_ids is not None:
+            parts.append(col("item_id").isin(list(self.item_ids)))
+        if self.exclude_ids:
+            parts.append(~col("item_id").isin(list(self.exclude_ids)))
+        if self.source_ids is not None:
+            parts.append(col("source_id").isin(list(self.source_ids)))
+        if self.updated_after is not None:
+            parts.append(col("updated_at") >= lit(self.updated_after))
+        if self.updated_before is not None:
+            parts.append(col("updated_at") < lit(self.updated_before))
+        if self.slice_between is not None:
+            start, end = self.slice_between
+            parts.append((col("slice_end") > lit(float(start))) & (col("slice_start") < lit(float(end))))
+        flag = _MODALITY_FLAG.get(vector_column)
+        if flag and (not columns or flag in columns):
+            parts.append(col(flag) == lit(True))  # rows without that modality hold zero vectors
+        for value in (self.metadata or {}).values():
+            if isinstance(value, str):  # necessary condition, both JSON encodings of non-ASCII text
+                encoded = {json.dumps(value, ensure_ascii=False), json.dumps(value)}
+                narrow = None
+                for e in encoded:
+                    c = col("metadata").contains(lit(e))
+                    narrow = c if narrow is None else narrow | c
+                parts.append(narrow)
+        expr = None
+        for p in parts:
+            expr = p if expr is None else expr & p
+        if self.where:
+            return f"({expr.to_sql()}) AND ({self.where})" if expr is not None else self.where
+        return expr
+
+    def matches_metadata(self, raw: str | None) -> bool:
+        if not self.metadata:
+            return True
+        try:
+            meta = json.loads(raw) if raw else {}
+        except ValueError:
+            return False
+        return all(k in meta and _same(meta[k], v) for k, v in self.metadata.items())
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return a == b
+
+
+def _filters(filters: Filters | None, **kwargs: Any) -> Filters:
+    given = {k: v for k, v in kwargs.items() if v is not None}
+    if filters is None:
+        return Filters(**given)
+    return filters.model_copy(update=Filters(**given).model_dump(exclude_unset=True))
+
+
+# -- results ------------------------------------------------------------------------------------------------------
+
+
+class Hit(BaseModel):
+    """One neighbour. ``score`` is the cosine similarity (1 = same direction)."""
+
+    item_id: str
+    domain: str | None = None
+    source_id: str | None = None
+    slice_start: float | None = None
+    slice_end: float | None = None
+    score: float
+    text: str | None = None
+    media_uri: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    updated_at: dt.datetime | None = None
+
+    @property
+    def product_key(self) -> str | None:
+        return self.metadata.get("product_key")
+
+
+class Results:
+    """Neighbours of one query, best first: iterate for :class:`Hit` rows, or take them as Arrow or pandas."""
+
+    def __init__(self, table: pa.Table, query: str = "") -> None:
+        self.table = table
+        self.query = query
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __iter__(self) -> Iterator[Hit]:
+        return iter(self.rows())
+
+    def __getitem__(self, i: int) -> Hit:
+        return self.rows()[i]
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{h.item_id} ({h.score:.3f})" for h in self.rows()[:5])
+        more = ", ..." if len(self) > 5 else ""
+        return f"Results({self.query!r}: {shown}{more})"
+
+    def rows(self) -> list[Hit]:
+        rows = []
+        for r in self.table.to_pylist():
+            raw = r.pop("metadata", None)
+            rows.append(Hit(**r, metadata=json.loads(raw) if raw else {}))
+        return rows
+
+    @property
+    def ids(self) -> list[str]:
+        return self.table.column("item_id").to_pylist()
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self.table.column("score").to_numpy()
+
+    def to_arrow(self) -> pa.Table:
+        return self.table
+
+    def to_pandas(self) -> pd.DataFrame:
+        """A DataFrame with ``metadata`` parsed into dicts (needs pandas: ``pip install 'cope[notebook]'``)."""
+        try:
+            df = self.table.to_pandas()
+        except ImportError as e:
+            raise ImportError("to_pandas() needs pandas: pip install pandas (or 'cope[notebook]')") from e
+        if "metadata" in df:
+            df["metadata"] = df["metadata"].map(lambda s: json.loads(s) if s else {})
+        return df
+
+
+class BatchResults(list):  # list[Results]
+    """One :class:`Results` per query, in query order; ``to_arrow``/``to_pandas`` stack them with ``query_index``."""
+
+    def to_arrow(self) -> pa.Table:
+        tables = [r.table.add_column(0, "query_index", pa.array([i] * len(r), pa.int32())) for i, r in enumerate(self)]
+        return pa.concat_tables(tables) if tables else pa.table({"query_index": pa.array([], pa.int32())})
+
+    def to_pandas(self) -> pd.DataFrame:
+        df = self.to_arrow().to_pandas()
+        if "metadata" in df:
+            df["metadata"] = df["metadata"].map(lambda s: json.loads(s) if s else {})
+        return df
+
+
+# -- queries ------------------------------------------------------------------------------------------------------
+
+
+class Query(BaseModel):
+    """A multi-part query: its parts are encoded and fused with the table's fusion weights, like an item.
+
+    >>> Query(text="red ball", image="photo.jpg")  # doctest: +SKIP
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    text: str | None = None
+    image: Any = None  # a path or a PIL image
+    video: str | os.PathLike[str] | None = None
+
+
+def query_kind(query: Any) -> str:
+    """``vector``, ``text``, ``image``, ``video`` or ``query`` (a :class:`Query`) for an ``auto`` query."""
+    if isinstance(query, Query):
+        return "query"
+    if isinstance(query, np.ndarray) or (
+        isinstance(query, (list, tuple)) and query and all(isinstance(x, (int, float, np.floating)) for x in query)
+    ):
+        return "vector"
+    if _is_pil(query):
+        return "image"
+    if isinstance(query, os.PathLike):
+        return "video" if Path(query).suffix.lower() in VIDEO_SUFFIXES else "image"
+    if isinstance(query, str):
+        suffix = Path(query).suffix.lower() if "\n" not in query and len(query) < 4096 else ""
+        if suffix in IMAGE_SUFFIXES or suffix in VIDEO_SUFFIXES:
+            if not Path(query).is_file():
+                raise FileNotFoundError(
+                    f"{query!r} looks like a media file but does not exist; pass kind='text' to search it as text"
+                )
+            return "video" if suffix in VIDEO_SUFFIXES else "image"
+        return "text"
+    raise TypeError(
+        f"cannot search with a {type(query).__name__}: pass a vector (numpy array), a text, an image "
+        "(PIL image or file path), a video file path, or a cope.api.Query"
+    )
+
+
+def _is_pil(x: Any) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(x, Image.Image)
+
+
+_FUSION_RE = re.compile(r";fusion=image:([0-9.eE+-]+),text:([0-9.eE+-]+)$")
+
+
+# -- the database -------------------------------------------------------------------------------------------------
+
+
+class CopeDB:
+    """Similarity lookups on one item table. Make one with :func:`open_db` (``cope.open``).
+
+    >>> db = open_db("cope-demo/cope.lancedb")  # doctest: +SKIP
+    >>> db.similar("product:p001", k=5, domains=["video", "live"])  # doctest: +SKIP
+    >>> db.search_many(["a red ball", "photo.jpg"], k=3)  # doctest: +SKIP
+    """
+
+    def __init__(self, store: ItemStore, encoder: Encoder | None = None) -> None:
+        self.store = store
+        self.table = store.table  # raises with "run cope embed" when the table does not exist
+        self.model_tag = store.model_tag
+        self.dim = store.dim or self._vector_dim("vector")
+        self._columns = tuple(self.table.schema.names)
+        self._encoder: Encoder | None = None
+        self._params: dict[str, SearchParams | None] = {}
+        if encoder is not None:
+            self._check_encoder(encoder)
+            self._encoder = encoder
+
+    def __repr__(self) -> str:
+        return f"CopeDB({self.store.uri!r}, table={self.store.name!r}, model_tag={self.model_tag!r}, dim={self.dim})"
+
+    def __len__(self) -> int:
+        return self.table.count_rows()
+
+    # -- model ---------------------------------------------------------------------------------------------------
+    @property
+    def fusion(self) -> FusionConfig:
+        from cope.fusion import FusionConfig
+
+        spec = self.store.model_spec.get("fusion")
+        if spec:
+            return FusionConfig(**spec)
+        m = _FUSION_RE.search(self.model_tag or "")
+        return FusionConfig(image_weight=float(m.group(1)), text_weight=float(m.group(2))) if m else FusionConfig()
+
+    def _check_encoder(self, encoder: Encoder) -> None:
+        tag = f"{encoder.model_tag};{self.fusion.tag}"
+        if self.model_tag and tag != self.model_tag:
+            raise ModelMismatchError(
+                f"table {self.store.name!r} in {self.store.uri} holds vectors of {self.model_tag!r}, but the encoder "
+                f"is {encoder.model_tag!r}; its query vectors would not be comparable. Pass the table's own model "
+                "(or leave encoder=None to rebuild it from the table)."
+            )
+        if encoder.dim != self.dim:
+            raise ModelMismatchError(f"encoder dim {encoder.dim} != table dim {self.dim}")
+
+    @property
+    def encoder(self) -> Encoder:
+        """The table's own encoder, built on first use from the spec stored in the table and checked against its tag."""
+        if self._encoder is None:
+            spec = self.store.model_spec
+            if not spec.get("model"):
+                raise ModelMismatchError(
+                    f"table {self.store.name!r} in {self.store.uri} does not record how its model was built "
+                    f"(model tag {self.model_tag!r}); pass encoder=create_encoder(...) for that model, "
+                    "or search with vectors"
+                )
+            from cope.encoders import create_encoder
+
+            options = {"pretrained": spec["pretrained"]} if spec.get("pretrained") else {}
+            logger.info("loading the table's model %s", spec["model"])
+            encoder = create_encoder(spec["model"], **options)
+            self._check_encoder(encoder)
+            self._encoder = encoder
+        return self._encoder
+
+    def encode(self, queries: Sequence[Any], kind: QueryKind = "auto") -> np.ndarray:
+        """Query vectors (n, dim), float32, L2-normalised: texts in one batch, images and video frames in another."""
+        from cope.encoders.base import l2_normalize
+        from cope.fusion import fuse, mean_vector
+
+        kinds = [query_kind(q) if kind == "auto" else kind for q in queries]
+        out = np.zeros((len(queries), self.dim), np.float32)
+        texts: list[tuple[int, str]] = []
+        images: list[tuple[int, Any]] = []
+        videos: list[tuple[int, Any]] = []
+        parts: dict[int, dict[str, Any]] = {}  # Query objects: part -> where its vector lands
+        for i, (q, k) in enumerate(zip(queries, kinds)):
+            if k == "vector":
+                v = np.asarray(q, dtype=np.float32).reshape(-1)
+                if v.shape[0] != self.dim:
+                    raise ValueError(
+                        f"query vector has {v.shape[0]} dimensions; table {self.store.name!r} holds {self.dim}-d "
+                        f"vectors of {self.model_tag!r}"
+                    )
+                out[i] = l2_normalize(v)
+            elif k == "text":
+                texts.append((i, str(q)))
+            elif k == "image":
+                images.append((i, q))
+            elif k == "video":
+                videos.append((i, q))
+            elif k == "query":
+                parts[i] = {}
+                if q.text:
+                    texts.append((-1 - i, q.text))
+                if q.image is not None:
+                    images.append((-1 - i, q.image))
+                if q.video is not None:
+                    videos.append((-1 - i, q.video))
+                if not (q.text or q.image is not None or q.video is not None):
+                    raise ValueError("empty Query: give text, image or video")
+            else:
+                raise ValueError(f"unknown query kind {k!r}; one of auto, vector, text, image, video")
+
+        def put(i: int, part: str, v: np.ndarray) -> None:
+            if i >= 0:
+                out[i] = v
+            else:
+                parts[-1 - i].setdefault(part, []).append(v)
+
+        if texts:
+            vecs = self.encoder.encode_texts([t for _, t in texts])
+            for (i, _), v in zip(texts, vecs):
+                put(i, "text", v)
+        if images or videos:
+            from extractors.image import load_image
+            from extractors.video import read_video_frames
+
+            size = getattr(self.encoder, "image_size", None)
+            pictures = [q if _is_pil(q) else load_image(str(q), size_hint=size) for _, q in images]
+            frames = [read_video_frames(str(q), count=8, short_side=size)[0] for _, q in videos]
+            flat = pictures + [f for fs in frames for f in fs]
+            vecs = self.encoder.encode_images(flat)
+            for (i, _), v in zip(images, vecs[: len(pictures)]):
+                put(i, "image", v)
+            pos = len(pictures)
+            for (i, _), fs in zip(videos, frames):
+                put(i, "image", mean_vector(vecs[pos : pos + len(fs)]))
+                pos += len(fs)
+        for i, got in parts.items():
+            image = mean_vector(np.stack(got["image"])) if "image" in got else None
+            text = got["text"][0] if "text" in got else None
+            out[i] = fuse(image, text, self.fusion)
+        return out
+
+    # -- lookups ----------------------------------------------------------------------------------------------------
+    def get(self, item_ids: str | Sequence[str], *, with_vectors: bool = False) -> pa.Table:
+        """Rows of these items (in the order given), without vectors unless asked."""
+        from lancedb.expr import col
+
+        ids = [item_ids] if isinstance(item_ids, str) else list(item_ids)
+        columns = [c for c in RESULT_COLUMNS if c in self._columns]
+        if with_vectors:
+            columns += [c for c in ("vector", "image_vector", "text_vector", "has_image", "has_text")
+                        if c in self._columns]
+        found = self.table.search().where(col("item_id").isin(ids)).select(columns).limit(None).to_arrow()
+        order = {k: i for i, k in enumerate(found.column("item_id").to_pylist())}
+        missing = [i for i in ids if i not in order]
+        if missing:
+            sample = self.table.search().select(["item_id"]).limit(3).to_arrow().column("item_id").to_pylist()
+            raise ItemNotFoundError(
+                f"no item {', '.join(map(repr, missing[:5]))} in table {self.store.name!r} "
+                f"({len(missing)} missing); item ids look like {sample}"
+            )
+        return found.take(pa.array([order[i] for i in ids]))
+
+    def vectors(self, item_ids: str | Sequence[str], vector_column: VectorColumn = "vector") -> np.ndarray:
+        """Stored vectors (n, dim) of these items."""
+        rows = self.get(item_ids, with_vectors=True)
+        self._check_column(vector_column)
+        flag = _MODALITY_FLAG.get(vector_column)
+        if flag and flag in rows.column_names:
+            lacking = [i for i, ok in zip(rows.column("item_id").to_pylist(), rows.column(flag).to_pylist()) if not ok]
+            if lacking:
+                raise ValueError(
+                    f"{', '.join(lacking[:5])} {'has' if len(lacking) == 1 else 'have'} no "
+                    f"{flag.removeprefix('has_')} part, so no {vector_column}; use vector_column='vector'"
+                )
+        return _fixed_list_to_numpy(rows.column(vector_column), self._vector_dim(vector_column))
+
+    # -- search -----------------------------------------------------------------------------------------------------
+    def search(
+        self,
+        query: Any,
+        k: int = 10,
+        *,
+        kind: QueryKind = "auto",
+        domains: Sequence[Domain] | Domain | None = None,
+        vector_column: VectorColumn = "vector",
+        item_ids: Sequence[str] | None = None,
+        exclude_ids: Sequence[str] | None = None,
+        source_ids: Sequence[str] | None = None,
+        updated_after: dt.datetime | None = None,
+        updated_before: dt.datetime | None = None,
+        slice_between: tuple[float, float] | None = None,
+        metadata: Mapping[str, MetadataValue] | None = None,
+        where: str | None = None,
+        filters: Filters | None = None,
+    ) -> Results:
+        """The ``k`` nearest items to a vector, text, image (PIL or path), video path or :class:`Query`.
+
+        >>> db.search("a red ball", k=5, domains=["video", "live"])  # doctest: +SKIP
+        >>> db.search(Path("photo.jpg"), vector_column="image_vector")  # doctest: +SKIP
+        """
+        f = _filters(filters, domains=domains, item_ids=item_ids, exclude_ids=exclude_ids, source_ids=source_ids,
+                     updated_after=updated_after, updated_before=updated_before, slice_between=slice_between,
+                     metadata=dict(metadata) if metadata else None, where=where)
+        return self.search_many([query], k, kind=kind, vector_column=vector_column, filters=f)[0]
+
+    def search_many(
+        self,
+        queries: Sequence[Any],
+        k: int = 10,
+        *,
+        kind: QueryKind = "auto",
+        domains: Sequence[Domain] | Domain | None = None,
+        vector_column: VectorColumn = "vector",
+        item_ids: Sequence[str] | None = None,
+        exclude_ids: Sequence[str] | None = None,
+        source_ids: Sequence[str] | None = None,
+        updated_after: dt.datetime | None = None,
+        updated_before: dt.datetime | None = None,
+        slice_between: tuple[float, float] | None = None,
+        metadata: Mapping[str, MetadataValue] | None = None,
+        where: str | None = None,
+        filters: Filters | None = None,
+    ) -> BatchResults:
+        """:meth:`search` for many queries: encoded in one batch, searched in one LanceDB call.
+
+        >>> db.search_many(["red ball", "blue box"], k=3).to_pandas()  # doctest: +SKIP
+        """
+        if isinstance(queries, (str, np.ndarray)) or _is_pil(queries):
+            raise TypeError("search_many takes a list of queries; use search() for one")
+        f = _filters(filters, domains=domains, item_ids=item_ids, exclude_ids=exclude_ids, source_ids=source_ids,
+                     updated_after=updated_after, updated_before=updated_before, slice_between=slice_between,
+                     metadata=dict(metadata) if metadata else None, where=where)
+        vectors = self.encode(list(queries), kind)
+        labels = [_label(q) for q in queries]
+        return self._knn(vectors, k, f, vector_column, labels)
+
+    def similar(
+        self,
+        item_id: str,
+        k: int = 10,
+        *,
+        domains: Sequence[Domain] | Domain | None = None,
+        vector_column: VectorColumn = "vector",
+        item_ids: Sequence[str] | None = None,
+        exclude_ids: Sequence[str] | None = None,
+        source_ids: Sequence[str] | None = None,
+        updated_after: dt.datetime | None = None,
+        updated_before: dt.datetime | None = None,
+        slice_between: tuple[float, float] | None = None,
+        metadata: Mapping[str, MetadataValue] | None = None,
+        where: str | None = None,
+        filters: Filters | None = None,
+    ) -> Results:
+        """Neighbours of a stored item (never the item itself), e.g. the products shown in a video:
+
+        >>> db.similar("video:vid-p001", k=5, domains=["product"])  # doctest: +SKIP
+        """
+        f = _filters(filters, domains=domains, item_ids=item_ids, exclude_ids=exclude_ids, source_ids=source_ids,
+                     updated_after=updated_after, updated_before=updated_before, slice_between=slice_between,
+                     metadata=dict(metadata) if metadata else None, where=where)
+        return self.similar_many([item_id], k, vector_column=vector_column, filters=f)[0]
+
+    def similar_many(
+        self,
+        item_ids: Sequence[str],
+        k: int = 10,
+        *,
+        domains: Sequence[Domain] | Domain | None = None,
+        vector_column: VectorColumn = "vector",
+        source_ids: Sequence[str] | None = None,
+        exclude_ids: Sequence[str] | None = None,
+        updated_after: dt.datetime | None = None,
+        updated_before: dt.datetime | None = None,
+        slice_between: tuple[float, float] | None = None,
+        metadata: Mapping[str, MetadataValue] | None = None,
+        where: str | None = None,
+        filters: Filters | None = None,
+    ) -> BatchResults:
+        """:meth:`similar` for many items: their vectors read in one lookup and searched in one call."""
+        if isinstance(item_ids, str):
+            raise TypeError("similar_many takes a list of item ids; use similar() for one")
+        f = _filters(filters, domains=domains, source_ids=source_ids, exclude_ids=exclude_ids,
+                     updated_after=updated_after, updated_before=updated_before, slice_between=slice_between,
+                     metadata=dict(metadata) if metadata else None, where=where)
+        vectors = self.vectors(list(item_ids), vector_column)
+        return self._knn(vectors, k, f, vector_column, list(item_ids), exclude_self=list(item_ids))
+
+    # -- the k-NN call ------------------------------------------------------------------------------------------
+    def _check_column(self, column: str) -> None:
+        if column not in ("vector", "image_vector", "text_vector") or column not in self._columns:
+            have = [c for c in ("vector", "image_vector", "text_vector") if c in self._columns]
+            raise ValueError(f"vector_column must be one of {have}, not {column!r}")
+
+    def _vector_dim(self, column: str) -> int:
+        return int(self.table.schema.field(column).type.list_size)
+
+    def search_params(self, column: str = "vector") -> SearchParams | None:
+        """How the column's index is queried (``None``: exact search); cached until :meth:`refresh`."""
+        if column not in self._params:
+            from store.index import search_params
+
+            self._params[column] = search_params(self.table, column)
+        return self._params[column]
+
+    def set_search_params(self, params: SearchParams | None, column: str = "vector", *, persist: bool = False) -> None:
+        """Query the column's index with these settings from now on (``persist``: store them in the table for every
+        reader). ``None`` goes back to the stored settings.
+
+        >>> from store.index import SearchParams
+        >>> db.set_search_params(SearchParams(nprobes=80))  # doctest: +SKIP
+        """
+        if params is None:
+            self._params.pop(column, None)
+            return
+        if persist:
+            from store.index import set_search_params
+
+            set_search_params(self.table, params, column)
+        self._params[column] = params
+
+    def _knn(
+        self, vectors: np.ndarray, k: int, f: Filters, column: str, labels: Sequence[str],
+        exclude_self: Sequence[str] | None = None,
+    ) -> BatchResults:
+        self._check_column(column)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, not {k}")
+        n = len(vectors)
+        if n == 0:
+            return BatchResults()
+        extra = 1 if exclude_self else 0
+        first = (k + extra) * (4 if f.metadata else 1)
+        total = None
+        tables = self._query(vectors, first, f, column)
+        results = BatchResults()
+        for i in range(n):
+            t, fetch = tables[i], first
+            while True:
+                kept = self._post_filter(t, f, exclude_self[i] if exclude_self else None)
+                if kept.num_rows >= k or t.num_rows < fetch or not f.metadata:
+                    break
+                total = total if total is not None else self.table.count_rows()
+                if fetch >= total:
+                    break
+                fetch = min(total, fetch * 4)  # rare metadata matches: widen this query's candidate list
+                t = self._query(vectors[i : i + 1], fetch, f, column)[0]
+            results.append(Results(kept.slice(0, k), labels[i]))
+        return results
+
+    def _query(self, vectors: np.ndarray, limit: int, f: Filters, column: str) -> list[pa.Table]:
+        columns = [c for c in RESULT_COLUMNS if c in self._columns]
+        q = (
+            self.table.search(vectors if len(vectors) > 1 else vectors[0], vector_column_name=column)
+            .distance_type("cosine")
+            .select([*columns, "_distance"])
+            .limit(limit)
+        )
+        expr = f.expr(vector_column=column, columns=self._columns)
+        if expr is not None:
+            q = q.where(expr, prefilter=True)
+        params = self.search_params(column)
+        if params is not None:
+            if params.nprobes:
+                q = q.nprobes(params.nprobes)
+            if params.refine_factor:
+                q = q.refine_factor(params.refine_factor)
+            if params.ef:
+                q = q.ef(params.ef)
+        table = q.to_arrow()
+        score = pc.subtract(pa.scalar(1.0, pa.float32()), table.column("_distance").cast(pa.float32()))
+        if len(vectors) == 1:
+            out = table.drop_columns(["_distance"]).append_column("score", score)
+            return [out]
+        qi = table.column("query_index").to_numpy()
+        base = table.drop_columns(["_distance", "query_index"]).append_column("score", score)
+        order = np.argsort(qi, kind="stable")
+        base, qi = base.take(pa.array(order)), qi[order]
+        bounds = np.searchsorted(qi, np.arange(len(vectors) + 1))
+        return [base.slice(int(bounds[i]), int(bounds[i + 1] - bounds[i])) for i in range(len(vectors))]
+
+    @staticmethod
+    def _post_filter(table: pa.Table, f: Filters, self_id: str | None) -> pa.Table:
+        """Drop the query item itself and rows failing the exact metadata test (LanceDB returns best first)."""
+        if self_id is None and not f.metadata:
+            return table
+        keep = np.ones(table.num_rows, bool)
+        if self_id is not None:
+            keep &= pc.not_equal(table.column("item_id"), pa.scalar(self_id)).to_numpy(zero_copy_only=False)
+        if f.metadata:
+            keep &= np.array([f.matches_metadata(m) for m in table.column("metadata").to_pylist()], bool)
+        return table if keep.all() else table.filter(pa.array(keep))
+
+    # -- maintenance --------------------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """See rows and indexes written since this handle was opened (by another process)."""
+        self.table.checkout_latest()
+        self._params.clear()
+
+    def index_report(self) -> IndexReport:
+        from store.index import index_report
+
+        return index_report(self.table)
+
+    def build_index(self, **options: Any) -> IndexReport:
+        """:func:`store.index.build_index` on this table."""
+        from store.index import build_index
+
+        report = build_index(self.table, **options)
+        self._params.clear()
+        return report
+
+    def optimize(self, **options: Any) -> IndexReport:
+        """:func:`store.index.optimize`: fold new rows into the indexes, compact, delete old versions."""
+        from store.index import optimize
+
+        report = optimize(self.table, **options)
+        self._params.clear()
+        return report
+
+
+def _label(q: Any) -> str:
+    if isinstance(q, str):
+        return q if len(q) <= 80 else q[:77] + "..."
+    if isinstance(q, os.PathLike):
+        return str(q)
+    if isinstance(q, Query):
+        return " + ".join(f"{k}={_label(v)}" for k, v in q.model_dump().items() if v is not None)
+    if _is_pil(q):
+        return f"<image {q.size[0]}x{q.size[1]}>"
+    return "<vector>"
+
+
+def _fixed_list_to_numpy(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if len(arr) == 0:
+        return np.zeros((0, dim), np.float32)
+    return arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+
+
+def open_db(db_path: str | os.PathLike[str], table: str = "items", encoder: Encoder | None = None) -> CopeDB:
+    """Open an item table for similarity lookups (``cope.open``).
+
+    The encoder for text/image/video queries is rebuilt from the table's stored spec on first use and must match the
+    table's model tag; pass ``encoder=`` to reuse one you have (it is checked the same way).
+
+    >>> import cope
+    >>> db = cope.open("cope-demo/cope.lancedb")  # doctest: +SKIP
+    >>> [(h.item_id, round(h.score, 3)) for h in db.similar("product:p001", k=3)]  # doctest: +SKIP
+    """
+    uri = os.fspath(db_path)
+    if "://" not in uri and not Path(uri).is_dir():
+        raise FileNotFoundError(f"no LanceDB folder at {uri}; run `cope embed MANIFEST --db {uri}` first")
+    return CopeDB(ItemStore.open(uri, table), encoder)
+
+
+open = open_db
+
+__all__ = [
+    "BatchResults", "CopeDB", "Filters", "Hit", "ItemNotFoundError", "ModelMismatchError", "Query", "Results",
+    "open_db", "query_kind",
+]
