@@ -80,13 +80,15 @@ def _orthogonal(rows: int, cols: int, generator: torch.Generator | None) -> torc
 
 
 class _Projection(nn.Module):
-    """Linear ``in -> out`` without bias, plus an optional residual MLP whose output layer starts at zero."""
+    """``x -> (base + delta) x``, plus an optional residual MLP whose output layer starts at zero.
+
+    ``base`` is the starting map (a buffer); ``delta`` starts at zero, so weight decay pulls towards the start.
+    """
 
     def __init__(self, in_dim: int, out_dim: int, hidden: int, dropout: float, init: torch.Tensor) -> None:
         super().__init__()
-        self.linear = nn.Linear(in_dim, out_dim, bias=False)
-        with torch.no_grad():
-            self.linear.weight.copy_(init)
+        self.register_buffer("base", init.clone())
+        self.delta = nn.Parameter(torch.zeros(out_dim, in_dim))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.mlp: nn.Module | None = None
         if hidden > 0:
@@ -97,8 +99,20 @@ class _Projection(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.dropout(x)
-        y = self.linear(x)
+        y = F.linear(x, self.base + self.delta)
         return y + self.mlp(x) if self.mlp is not None else y
+
+
+class _DomainHead(nn.Module):
+    """``x -> x + delta x + bias``: starts as the identity; weight decay pulls it back towards the identity."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.delta = nn.Parameter(torch.zeros(dim, dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + F.linear(x, self.delta, self.bias)
 
 
 class CopeHeads(nn.Module):
@@ -107,6 +121,8 @@ class CopeHeads(nn.Module):
     def __init__(self, config: HeadsConfig, seed: int = 0) -> None:
         super().__init__()
         self.config = config
+        #: hash of the weights, set when saved or loaded (see :mod:`cope.training.checkpoint`)
+        self.fingerprint: str | None = None
         g = torch.Generator().manual_seed(seed)
         init = _orthogonal(config.dim, config.input_dim, g)
         n = len(config.domains)
@@ -117,17 +133,53 @@ class CopeHeads(nn.Module):
         if config.shared_projection:
             self.image_proj = nn.ModuleList([proj()])
             self.text_proj = nn.ModuleList([proj()])
-            self.domain_head = nn.ModuleList([nn.Linear(config.dim, config.dim) for _ in range(n)])
-            for head in self.domain_head:
-                with torch.no_grad():
-                    head.weight.copy_(torch.eye(config.dim))
-                    head.bias.zero_()
+            self.domain_head = nn.ModuleList([_DomainHead(config.dim) for _ in range(n)])
         else:
             self.image_proj = nn.ModuleList([proj() for _ in range(n)])
             self.text_proj = nn.ModuleList([proj() for _ in range(n)])
             self.domain_head = nn.ModuleList()
         #: fusion logits per domain: [image, text]; softmax over the parts an item has
         self.fusion = nn.Parameter(torch.zeros(n, 2))
+        #: per domain, the centre of its image and text vectors, subtracted before projecting (see init_from_data)
+        self.offset = nn.Parameter(torch.zeros(n, 2, config.input_dim))
+
+    @torch.no_grad()
+    def init_from_data(
+        self, image: torch.Tensor, text: torch.Tensor, has_image: torch.Tensor, has_text: torch.Tensor,
+        domain: torch.Tensor, *, center: bool = True, pca: bool = True, seed: int = 0,
+    ) -> None:
+        """Start from the training data instead of a random projection.
+
+        ``center``: each domain's image and text vectors are centred on their mean (removes the offset every
+        item of a domain or modality shares, which dominates raw cosines). ``pca``: every projection starts as the
+        top ``dim`` principal directions of the centred vectors of both modalities (completed with random
+        orthogonal directions when there are fewer), which keeps far more of the base geometry than a random map.
+        """
+        parts = []
+        for d in range(len(self.config.domains)):
+            for m, (x, has) in enumerate(((image, has_image), (text, has_text))):
+                rows = (domain == d) & has
+                if bool(rows.any()):
+                    if center:
+                        self.offset[d, m] = x[rows].mean(dim=0)
+                    parts.append(x[rows] - self.offset[d, m])
+        if not pca or not parts:
+            return
+        xs = torch.cat(parts).double()
+        _, sv, vt = torch.linalg.svd(xs, full_matrices=False)
+        k = int((sv > sv[0] * 1e-6).sum()) if len(sv) else 0
+        basis = vt[: min(k, self.config.dim)]
+        missing = self.config.dim - len(basis)
+        if missing > 0:  # complete with random directions orthogonal to the principal ones
+            g = torch.Generator().manual_seed(seed)
+            r = torch.randn(self.config.input_dim, missing, generator=g, dtype=torch.float64)
+            r -= basis.T @ (basis @ r)
+            q, _ = torch.linalg.qr(r)
+            basis = torch.cat([basis, q.T[:missing]])
+        weight = (basis * (self.config.input_dim / self.config.dim) ** 0.5).float()
+        for module in [*self.image_proj, *self.text_proj]:
+            module.base.copy_(weight)
+            module.delta.zero_()
 
     @property
     def dim(self) -> int:
@@ -155,6 +207,8 @@ class CopeHeads(nn.Module):
     ) -> torch.Tensor:
         out = image.new_zeros(len(image), self.config.dim)
         shared = self.config.shared_projection
+        offset = self.offset[domain]  # (N, 2, input_dim)
+        image, text = image - offset[:, 0], text - offset[:, 1]
         if shared:
             zi_all = F.normalize(self.image_proj[0](image), dim=1)
             zt_all = F.normalize(self.text_proj[0](text), dim=1)

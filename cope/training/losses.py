@@ -58,7 +58,7 @@ class CosFaceLoss(nn.Module):
     """Product-ID classification with an additive cosine margin (CosFace): ``s * (cos - m)`` for the true class.
 
     >>> loss = CosFaceLoss(dim=8, n_classes=3)
-    >>> float(loss(torch.nn.functional.normalize(torch.randn(2, 8), dim=1), torch.tensor([0, 2]))) > 0
+    >>> loss(torch.nn.functional.normalize(torch.randn(2, 8), dim=1), torch.tensor([0, 2])).item() > 0
     True
     """
 

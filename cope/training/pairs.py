@@ -178,8 +178,10 @@ class ItemVectors:
 def fixed_size_to_numpy(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
     """A fixed-size-list float column as an (N, dim) float32 array (one copy at most)."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    values = arr.flatten().to_numpy(zero_copy_only=False)
-    return np.ascontiguousarray(values.reshape(len(arr), dim), dtype=np.float32)
+    values = arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), dim)
+    if values.dtype != np.float32 or not values.flags.writeable or not values.flags.c_contiguous:
+        values = np.array(values, dtype=np.float32)  # Arrow buffers are read-only; torch wants writable memory
+    return values
 
 
 _READ_COLUMNS = ["item_id", "domain", "metadata", "vector", "image_vector", "text_vector", "has_image", "has_text"]
@@ -273,7 +275,7 @@ def split_products(
     order = [held[i] for i in rng.permutation(len(held))]
 
     def size(fraction: float) -> int:
-        return 0 if fraction == 0 else max(2, int(round(fraction * len(unique))))
+        return 0 if fraction == 0 else max(2, round(fraction * len(unique)))
 
     n_test, n_val = size(test_fraction), size(val_fraction)
     if n_test + n_val > len(order) - 2:
