@@ -1,0 +1,228 @@
+"""Benchmark of the behaviour join: 10M events x 1M items (dim 128), against a naive pandas merge.
+
+Each phase runs in its own subprocess, which reports its wall time and its own peak RSS (``ru_maxrss`` of that
+process, imports included), so the numbers of one phase do not leak into the next.
+
+    .venv/bin/python benchmarks/bench_join.py --dir /tmp/bench_join            # everything (~5 min)
+    .venv/bin/python benchmarks/bench_join.py --dir /tmp/bench_join --phases join,sequences
+
+Phases: ``generate`` (store + log + link table, not part of the goal), ``join`` (cope join: validation, mapping,
+live slices, product keys, events.parquet, per-user sequences, rejects, report; the goal is <= 30 s and <= 4 GiB on
+2 cores), ``profiles`` (user profile vectors from the joined events), ``content`` (exact nearest-product links for
+a sample of items, extrapolated), ``pandas`` (the naive merge + sequences on a slice of the log, extrapolated) and
+``downstream`` (next-product hit-rate@10, cross-domain vs product-only history, on a smaller generated log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PHASES = ("generate", "join", "profiles", "content", "pandas", "downstream")
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+# -- phases (each runs in a fresh process) ---------------------------------------------------------------------
+def phase_generate(a: argparse.Namespace) -> dict:
+    import pyarrow.parquet as pq
+
+    from cope.join.synth import make_event_log, write_synthetic_store
+
+    d = Path(a.dir)
+    t = time.perf_counter()
+    cat = write_synthetic_store(d / "db", n_products=a.products, videos_per_product=4, images_per_product=1,
+                                n_lives=a.lives, slices_per_live=100, slice_seconds=30.0, dim=a.dim,
+                                n_categories=500, seed=0)
+    t_store = time.perf_counter() - t
+    t = time.perf_counter()
+    log = make_event_log(cat, n_events=a.events, n_users=a.users, unknown_share=0.01, seed=1)
+    log = log.drop_columns(["true_item_id", "true_product_key"])
+    pq.write_table(log, d / "events.parquet", compression="zstd", row_group_size=1 << 20)
+    pq.write_table(cat.link_table(), d / "links.parquet")
+    return {"items": cat.n_items, "events": log.num_rows, "store_s": round(t_store, 1),
+            "log_s": round(time.perf_counter() - t, 1)}
+
+
+def phase_join(a: argparse.Namespace) -> dict:
+    from cope.join import join_behaviour
+
+    d = Path(a.dir)
+    r = join_behaviour(d / "events.parquet", d / "db", d / "joined", links=[str(d / "links.parquet")],
+                       memory_limit=a.memory_limit, threads=a.threads, last_n=50)
+    return {"seconds": r.report.seconds, "cpu_seconds": r.report.cpu_seconds, "events": r.report.events.valid, "users": r.report.users.users,
+            "multi_domain_share": round(r.report.users.multi_domain_share, 3)}
+
+
+def phase_profiles(a: argparse.Namespace) -> dict:
+    from cope.join.join import open_store
+    from cope.join.profiles import write_profiles
+
+    d = Path(a.dir)
+    store = open_store(d / "db", "items")
+    n = write_profiles(d / "joined" / "events.parquet", store, d / "joined" / "profiles.parquet",
+                       model_tag=store.model_tag or "")
+    return {"users": n}
+
+
+def phase_content(a: argparse.Namespace) -> dict:
+    import duckdb
+
+    from cope.join.join import open_store
+    from cope.join.links import nearest_products
+
+    d = Path(a.dir)
+    store = open_store(d / "db", "items")
+    con = duckdb.connect()
+    con.execute(f"CREATE TABLE truth AS SELECT item_id, product_key FROM "
+                f"read_parquet('{d / 'joined' / 'product_links.parquet'}') WHERE domain <> 'product'")
+    ids = [r[0] for r in con.execute(f"SELECT item_id FROM truth USING SAMPLE {a.content_sample} ROWS "
+                                     "(reservoir, 7) ORDER BY item_id").fetchall()]
+    t = time.perf_counter()
+    links = nearest_products(store, ids, threshold=0.5)
+    s = time.perf_counter() - t
+    con.register("links", links)
+    agree = con.execute("SELECT avg((l.product_key IS NOT DISTINCT FROM t.product_key)::INT) "
+                        "FROM links l JOIN truth t USING (item_id)").fetchall()[0][0]
+    non_product = store.count("domain != 'product'")
+    return {"items": len(ids), "products": store.count("domain = 'product'"), "seconds": round(s, 2),
+            "items_per_s": round(len(ids) / s), "agrees_with_link_table": round(agree or 0, 4),
+            "extrapolated_all_non_product_s": round(s * non_product / len(ids))}
+
+
+def phase_pandas(a: argparse.Namespace) -> dict:
+    """The naive way: pandas frames, merge on ids, live events merged with every slice of their stream then
+    filtered by offset, sort, groupby for the last N. Run on the first ``--pandas-events`` rows."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from cope.join.join import open_store
+
+    d = Path(a.dir)
+    t = time.perf_counter()
+    pf = pq.ParquetFile(d / "events.parquet")
+    ev = next(pf.iter_batches(batch_size=a.pandas_events)).to_pandas()
+    items = open_store(d / "db", "items").read(["item_id", "domain", "source_id", "slice_start", "slice_end"]
+                                               ).to_pandas()
+    links = pd.read_parquet(d / "links.parquet")
+    nl = ev[ev["domain"] != "live"].merge(items[items["domain"] != "live"], how="left",
+                                          left_on=["domain", "id"], right_on=["domain", "source_id"])
+    lv = ev[ev["domain"] == "live"].merge(items[items["domain"] == "live"], how="left",
+                                          left_on=["domain", "id"], right_on=["domain", "source_id"])
+    lo = lv["offset"].fillna(lv["start"])
+    hi = lv["end"].fillna(lo)
+    lv = lv[(lv["slice_start"] < hi.where(hi > lo, lo + 1e-9)) & (lv["slice_end"] > lo)]
+    out = pd.concat([nl, lv], ignore_index=True)
+    keys = links.rename(columns={"id": "source_id"})[["domain", "source_id", "product_id", "start"]]
+    out = out.merge(keys[keys["domain"] != "live"].drop(columns="start"), how="left", on=["domain", "source_id"])
+    out = out.sort_values(["user_id", "ts"])
+    out.to_parquet(d / "pandas_events.parquet")
+    m = out[out["item_id"].notna()]
+    seq = m.groupby("user_id").tail(50).groupby("user_id").agg(item_ids=("item_id", list), domains=("domain", list),
+                                                                  ts=("ts", list))
+    seq.to_parquet(d / "pandas_sequences.parquet")
+    s = time.perf_counter() - t
+    return {"events": len(ev), "rows_out": len(out), "users": len(seq), "seconds": round(s, 1),
+            "extrapolated_10M_s": round(s * a.events / len(ev), 1)}
+
+
+def phase_downstream(a: argparse.Namespace) -> dict:
+    import shutil
+
+    from cope.join import join_behaviour, next_product_hit_rate
+    from cope.join.synth import make_event_log, write_events, write_synthetic_store
+
+    d = Path(a.dir) / "downstream"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    cat = write_synthetic_store(d / "db", n_products=5000, videos_per_product=2, images_per_product=1,
+                                n_lives=50, slices_per_live=40, dim=64, n_categories=100, spread=0.9, noise=0.4,
+                                seed=3)
+    log = make_event_log(cat, n_events=100_000, n_users=10_000, purchase=True, revisit_share=0.6,
+                         mix={"video": 0.45, "live": 0.2, "image": 0.2, "product": 0.15}, seed=4)
+    write_events(log.drop_columns(["true_item_id", "true_product_key"]), d / "events.parquet")
+    r = join_behaviour(d / "events.parquet", d / "db", d / "joined", threshold=0.6)  # content links only
+    out = {"content_link_share": round(r.report.links.content_linked / max(r.report.links.content_candidates, 1), 3)}
+    for k in (1, 10, 50):
+        h = next_product_hit_rate(d / "joined" / "events.parquet", d / "db", k=k)
+        out[f"k={k}"] = {"cross_domain": round(h.cross_domain, 4), "product_only": round(h.product_only, 4),
+                         "product_only_on_users_with_product_history": round(h.product_only_on_those, 4),
+                         "popularity": round(h.popularity, 4), "users": h.users,
+                         "users_with_product_history": h.product_only_users}
+    return out
+
+
+# -- driver -----------------------------------------------------------------------------------------------------
+def run_phase(a: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")
+    t, c = time.perf_counter(), _cpu_s()
+    result = globals()[f"phase_{a.phase}"](a)
+    print("RESULT " + json.dumps({"phase": a.phase, "wall_s": round(time.perf_counter() - t, 2),
+                                  "cpu_s": round(_cpu_s() - c, 2), "peak_rss_mib": round(_rss_mib()),
+                                  "load_avg_1m": round(os.getloadavg()[0], 1), **result}), flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dir", default="/tmp/bench_join")
+    p.add_argument("--phases", default=",".join(PHASES))
+    p.add_argument("--phase", help=argparse.SUPPRESS)
+    p.add_argument("--events", type=int, default=10_000_000)
+    p.add_argument("--users", type=int, default=1_000_000)
+    p.add_argument("--products", type=int, default=150_000, help="items = products x 6 + lives x 100")
+    p.add_argument("--lives", type=int, default=1000)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--memory-limit", default="2GB")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--content-sample", type=int, default=20_000)
+    p.add_argument("--pandas-events", type=int, default=1_000_000)
+    p.add_argument("--verbose", action="store_true")
+    a = p.parse_args()
+    if a.phase:
+        run_phase(a)
+        return
+    Path(a.dir).mkdir(parents=True, exist_ok=True)
+    results = []
+    passthrough, skip = [], False
+    for x in sys.argv[1:]:  # every flag but --phases goes to the phase processes
+        if skip or x.startswith("--phases="):
+            skip = False
+            continue
+        if x == "--phases":
+            skip = True
+            continue
+        passthrough.append(x)
+    for phase in a.phases.split(","):
+        proc = subprocess.run([sys.executable, __file__, "--phase", phase, *passthrough], capture_output=True,
+                              text=True, check=False)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            print(f"{phase}: failed (exit {proc.returncode})\n{proc.stderr[-3000:]}", file=sys.stderr)
+            sys.exit(1)
+        res = json.loads(lines[-1][len("RESULT "):])
+        results.append(res)
+        print(json.dumps(res), flush=True)
+    (Path(a.dir) / "results.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
