@@ -64,7 +64,9 @@ def make_demo_catalog(out_dir: str | Path, n_products: int = 8, image_size: int 
     out = Path(out_dir)
     (out / "media").mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    live_snapshots, live_asr = [], []
+    live_snapshots: list[dict] = []
+    live_asr: list[dict] = []
+    live_items: list[dict] = []
     for i in range(n_products):
         cname, colour = _COLOURS[i % len(_COLOURS)]
         shape = _SHAPES[(i // len(_COLOURS) + i) % len(_SHAPES)]
@@ -95,8 +97,9 @@ def make_demo_catalog(out_dir: str | Path, n_products: int = 8, image_size: int 
                 live_snapshots.append({"t": i * live_slice_seconds + 2 + 4 * j, "uri": f"media/{snap.name}"})
             live_asr.append({"start": i * live_slice_seconds, "end": i * live_slice_seconds + 8,
                              "text": f"now the {title}, only today"})
+            live_items.append({"start": i * live_slice_seconds, "end": (i + 1) * live_slice_seconds, "item_id": key})
     rows.append({"domain": "live", "live_id": "live-001", "title": "demo shop live", "snapshots": live_snapshots,
-                 "asr": live_asr, "slice_seconds": live_slice_seconds})
+                 "asr": live_asr, "items": live_items, "slice_seconds": live_slice_seconds})
     manifest = out / "catalog.jsonl"
     with manifest.open("w") as f:
         for row in rows:

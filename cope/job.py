@@ -61,6 +61,7 @@ class EmbedConfig(BaseModel):
     default_domain: str | None = None
     progress: bool | None = Field(default=None, description="None: show a bar when logging is at INFO")
     compact: bool = Field(default=True, description="merge fragments and drop old versions at the end")
+    heads: str | None = Field(default=None, description="trained COPE heads (cope train) applied before writing")
 
 
 @dataclass
@@ -138,9 +139,17 @@ class EmbedJob:
             **({"threads": config.threads} if config.threads else {}), device=config.device,
         )
         self.model_tag = f"{self.encoder.model_tag};{config.fusion.tag}"
-        self.store = ItemStore.open(db, config.table, model_tag=self.model_tag, dim=self.encoder.dim)
+        self.projector = None
+        table_tag, table_dim = self.model_tag, self.encoder.dim
+        if config.heads:  # rows go through trained heads; the table holds the heads' space and tag
+            from cope.training import HeadsProjector
+
+            self.projector = HeadsProjector.load(config.heads, model_tag=self.model_tag, dim=self.encoder.dim)
+            table_tag, table_dim = self.projector.model_tag, self.projector.dim
+        self.table_tag, self.table_dim = table_tag, table_dim
+        self.store = ItemStore.open(db, config.table, model_tag=table_tag, dim=table_dim)
         self.extract_options = config.extract.model_copy(update={"image_size": self.encoder.image_size})
-        self.summary = EmbedSummary(model_tag=self.model_tag)
+        self.summary = EmbedSummary(model_tag=self.table_tag)
         self._rows: list[dict[str, Any]] = []
         self._errors: list[dict[str, Any]] = []
 
@@ -203,9 +212,12 @@ class EmbedJob:
 
     def _flush(self, force: bool = False) -> None:
         if self._rows and (force or len(self._rows) >= self.config.write_every):
-            dim = self.encoder.dim
-            self.store.ensure_table(self.model_tag, dim, model_spec(self.config))
-            table = pa.Table.from_pylist(self._rows, schema=self.store.table.schema)
+            spec, rows = model_spec(self.config), self._rows
+            if self.projector is not None:
+                spec = self.projector.spec(spec, self.config.heads)
+                rows = self.projector.project_rows(rows)
+            self.store.ensure_table(self.table_tag, self.table_dim, spec)
+            table = pa.Table.from_pylist(rows, schema=self.store.table.schema)
             self.store.upsert(table)
             self._rows = []
         if self._errors and (force or len(self._errors) >= self.config.write_every):

@@ -145,6 +145,15 @@ class AsrSegment(BaseModel):
         return self
 
 
+class LiveItem(BaseModel):
+    """A product on sale during ``[start, end)`` of a live stream (the product card shown to viewers)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    start: float = Field(ge=0)
+    end: float = Field(ge=0)
+    item_id: str
+
+
 class LiveStream(_Record):
     """A live stream: timestamped snapshots or a recording, optional timestamped ASR, cut into time slices.
 
@@ -157,6 +166,7 @@ class LiveStream(_Record):
     snapshots: list[Snapshot] | None = None
     recording: str | None = None
     asr: list[AsrSegment] = Field(default_factory=list)
+    items: list[LiveItem] = Field(default_factory=list, description="products on sale, by time")
     slice_seconds: float = Field(default=30.0, gt=0)
 
     _check_id = field_validator("live_id", mode="before")(_non_empty_id)
@@ -184,6 +194,12 @@ class LiveStream(_Record):
 
     def asr_text(self, start: float, end: float) -> str:
         return " ".join(s.text for s in self.asr if s.start < end and s.end > start).strip()
+
+    def item_on_sale(self, start: float, end: float) -> str | None:
+        """The product on sale for the longest part of ``[start, end)``, if any."""
+        overlaps = [(min(end, it.end) - max(start, it.start), it.item_id) for it in self.items]
+        best = max((o for o in overlaps if o[0] > 0), default=None)
+        return best[1] if best else None
 
 
 Record = Annotated[Union[ProductPage, ImageRecord, VideoRecord, LiveStream], Field(discriminator="domain")]

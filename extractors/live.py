@@ -12,6 +12,16 @@ from extractors.image import load_image
 from extractors.video import probe_av, read_video_frames
 
 
+def _slice_metadata(record: LiveStream, start: float, end: float) -> dict:
+    """The stream's metadata; the product on sale in the slice becomes its ``product_key`` unless one is given."""
+    meta = {"title": record.title, **record.metadata}
+    on_sale = record.item_on_sale(start, end)
+    if on_sale is not None:
+        meta["item_on_sale"] = on_sale
+        meta.setdefault("product_key", on_sale)
+    return meta
+
+
 def _slice_content(record: LiveStream, start: float, end: float, images: list, media: str | None) -> Content:
     text = "\n".join(t for t in (record.title.strip(), record.asr_text(start, end)) if t)
     return Content(
@@ -23,7 +33,7 @@ def _slice_content(record: LiveStream, start: float, end: float, images: list, m
         text=text,
         slice_start=start,
         slice_end=end,
-        metadata={"title": record.title, **record.metadata},
+        metadata=_slice_metadata(record, start, end),
         media_uri=media,
     )
 

@@ -113,12 +113,14 @@ def test_bad_video_raises(tmp_path: Path, kind: str) -> None:
 def test_live_snapshots_grouped_per_slice_with_asr(tmp_path: Path) -> None:
     snaps = [{"t": t, "uri": str(save_image(tmp_path / f"s{t}.png"))} for t in (1, 5, 31, 95)]
     live = LiveStream(live_id="L", title="shop", snapshots=snaps, slice_seconds=30,
-                      asr=[{"start": 0, "end": 10, "text": "red ball"}, {"start": 90, "end": 99, "text": "blue box"}])
+                      asr=[{"start": 0, "end": 10, "text": "red ball"}, {"start": 90, "end": 99, "text": "blue box"}],
+                      items=[{"start": 0, "end": 20, "item_id": "ball"}, {"start": 20, "end": 70, "item_id": "box"}])
     contents = extractors.extract(live)
     assert [c.item_id for c in contents] == ["live:L:0-30", "live:L:30-60", "live:L:90-120"]
     assert [len(c.images) for c in contents] == [2, 1, 1]
     assert contents[0].text == "shop\nred ball" and contents[1].text == "shop" and "blue box" in contents[2].text
     assert all(c.record_key == "live:L" and c.source_id == "L" for c in contents)
+    assert [c.metadata.get("product_key") for c in contents] == ["ball", "box", None]
 
 
 def test_live_recording_cut_into_slices(tmp_path: Path) -> None:

@@ -166,3 +166,24 @@ def test_cli_embed_and_errors(tiny_config_dir: Path, demo_catalog: Path, tmp_pat
     out = capsys.readouterr().out
     assert "bad.jsonl:1" in out and "file not found" in out
     assert main(["embed", str(tmp_path / "nope.jsonl"), "--db", str(db)]) == 2
+
+
+def test_embed_with_trained_heads_matches_reproject(tiny_encoder, demo_catalog: Path, tmp_path: Path) -> None:
+    from cope.training import fit, reproject
+
+    db = tmp_path / "db"
+    embed(demo_catalog, db, encoder=tiny_encoder)
+    result = fit(db, epochs=3, dim=8, batch_products=2, val_fraction=0, test_fraction=0.25, seed=0)
+    ckpt = result.save(tmp_path / "heads")
+    summary = embed(demo_catalog, db, encoder=tiny_encoder, table="projected", heads=str(ckpt))
+    assert summary.done == 13
+    reproject(db, ckpt, "reprojected")
+    a = {r["item_id"]: r for r in ItemStore.open(db, "projected").read(["item_id", "vector", "model_tag"]).to_pylist()}
+    b = {r["item_id"]: r for r in ItemStore.open(db, "reprojected").read(["item_id", "vector", "model_tag"]).to_pylist()}
+    assert sorted(a) == sorted(b) and len(a) == 15
+    for key in a:
+        assert len(a[key]["vector"]) == 8 and a[key]["model_tag"] == b[key]["model_tag"]
+        np.testing.assert_allclose(a[key]["vector"], b[key]["vector"], atol=1e-5)
+    assert ";heads=" in ItemStore.open(db, "projected").model_tag
+    with pytest.raises(StoreMismatchError):  # the heads table refuses base-model vectors
+        embed(demo_catalog, db, encoder=tiny_encoder, table="projected")

@@ -37,6 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--domain", choices=["product", "image", "video", "live"], default=None,
                    help="domain of rows that have no 'domain' column")
     p.add_argument("--no-compact", action="store_true", help="skip merging fragments at the end")
+    p.add_argument("--heads", default=None, help="trained heads (cope train --out) applied before writing")
     ray = p.add_argument_group("distributed (Ray Data; needs cope[ray])")
     ray.add_argument("--engine", choices=["local", "ray"], default="local")
     ray.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
@@ -60,8 +61,11 @@ def run(args: argparse.Namespace) -> int:
         extract=ExtractOptions(frames_per_video=args.frames, frames_per_slice=args.frames_per_slice,
                                video_decoder=args.video_decoder),
         default_domain=args.domain, progress=False if args.quiet else None, compact=not args.no_compact,
+        heads=args.heads,
     )
     if args.engine == "ray":
+        if args.heads:
+            raise ValueError("--heads is not supported with --engine ray yet: embed, then `cope reproject`")
         try:
             from cope.ray_engine import embed_ray
         except ImportError as e:
