@@ -51,13 +51,17 @@ class RetrievalResult(BaseModel):
     n_gallery: int
     n_without_relevant: int = 0
     ks: list[int]
-    recall: dict[int, float] = Field(description="R@k: share of queries whose first relevant item is in the top k")
+    recall: dict[int, float] = Field(
+        description="R@k: share of queries whose first relevant item is in the top k"
+    )
     chance_recall: dict[int, float] = Field(description="expected R@k of a random ranking")
     median_rank: float
     mean_rank: float
     mrr: float = Field(description="mean reciprocal rank of the first relevant item")
     chance_mean_rank: float
-    ranks: list[int] = Field(default_factory=list, description="per-query rank, in query order (averaged ones)")
+    ranks: list[int] = Field(
+        default_factory=list, description="per-query rank, in query order (averaged ones)"
+    )
 
     def summary(self) -> dict[str, Any]:
         """The result without per-query ranks (what goes into reports)."""
@@ -83,7 +87,10 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 def _codes(*columns: Sequence[Hashable]) -> list[np.ndarray]:
     """Map several key columns onto shared integer codes, so equality is an integer comparison."""
     table: dict[Hashable, int] = {}
-    return [np.fromiter((table.setdefault(k, len(table)) for k in col), dtype=np.int64, count=len(col)) for col in columns]
+    return [
+        np.fromiter((table.setdefault(k, len(table)) for k in col), dtype=np.int64, count=len(col))
+        for col in columns
+    ]
 
 
 def _chance_recall(n: np.ndarray, m: np.ndarray, k: int) -> np.ndarray:
@@ -161,7 +168,9 @@ def retrieval_metrics(
         n_without_relevant=without,
         ks=ks,
         recall={k: (float("nan") if empty else float((r <= k).mean())) for k in ks},
-        chance_recall={k: (float("nan") if empty else float(_chance_recall(n_arr, m_arr, k).mean())) for k in ks},
+        chance_recall={
+            k: (float("nan") if empty else float(_chance_recall(n_arr, m_arr, k).mean())) for k in ks
+        },
         median_rank=float("nan") if empty else float(np.median(r)),
         mean_rank=float("nan") if empty else float(r.mean()),
         mrr=float("nan") if empty else float((1.0 / r).mean()),
@@ -201,8 +210,13 @@ def evaluate_directions(
                 continue
             qs, gs = groups_arr == src, groups_arr == dst
             res = retrieval_metrics(
-                vectors[qs], keys_arr[qs].tolist(), vectors[gs], keys_arr[gs].tolist(), ks,
-                query_ids=ids_arr[qs].tolist(), gallery_ids=ids_arr[gs].tolist(),
+                vectors[qs],
+                keys_arr[qs].tolist(),
+                vectors[gs],
+                keys_arr[gs].tolist(),
+                ks,
+                query_ids=ids_arr[qs].tolist(),
+                gallery_ids=ids_arr[gs].tolist(),
             )
             if res.n_queries:
                 out[(src, dst)] = res
@@ -274,17 +288,17 @@ def format_table(results: Mapping[str | tuple[str, str], RetrievalResult]) -> st
                 _direction_name(key),
                 str(r.n_queries),
                 str(r.n_gallery),
-                *[
-                    f"{r.recall[k]:.3f} ({r.chance_recall[k]:.3f})" if k in r.recall else "-"
-                    for k in ks
-                ],
+                *[f"{r.recall[k]:.3f} ({r.chance_recall[k]:.3f})" if k in r.recall else "-" for k in ks],
                 f"{r.mrr:.3f}",
                 f"{r.median_rank:g}",
                 f"{r.mean_rank:.1f} ({r.chance_mean_rank:.1f})",
             ]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

