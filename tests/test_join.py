@@ -404,3 +404,13 @@ def test_profiles_do_not_depend_on_batch_size(synth, tmp_path):
     assert a.column("user_id").equals(b.column("user_id")) and a.column("n_events").equals(b.column("n_events"))
     va, vb = (np.array(t.column("vector").to_pylist()) for t in (a, b))
     assert np.allclose(va, vb, atol=1e-5) and np.allclose(np.linalg.norm(va, axis=1), 1, atol=1e-5)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import cope.join.config
+    import cope.join.join
+
+    for module in (cope.join.join, cope.join.config):
+        assert doctest.testmod(module).failed == 0

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from cope.join.join import open_store
 from cope.join.links import _matrix
 from cope.join.profiles import normalise_rows, recency_pairs_sql, register_vectors, weighted_sums
-from cope.join.sql import connect, lit
+from cope.join.sql import arrow_table, connect, lit
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def next_product_hit_rate(events: str | Path, db: str | Path, *, k: int = 10, ta
             SELECT e.user_id, e.item_id, e.domain, e.product_key, e.ts, e.weight, e.slice_share
             FROM {ev} e JOIN targets t USING (user_id) WHERE e.item_id IS NOT NULL AND e.ts < t.t_target""")
         con.execute("DELETE FROM targets WHERE user_id NOT IN (SELECT DISTINCT user_id FROM hist)")
-        targets = con.sql("SELECT user_id, target FROM targets ORDER BY user_id").to_arrow_table()
+        targets = arrow_table(con, "SELECT user_id, target FROM targets ORDER BY user_id")
         products = store.read(["source_id", vector_column], "domain = 'product'").sort_by("source_id")
         keys = products.column("source_id").combine_chunks()
         pmat = normalise_rows(_matrix(products.column(vector_column))).T.copy()

@@ -30,7 +30,7 @@ from cope.join.links import (
 )
 from cope.join.report import JoinReport, UserStats, build_report
 from cope.join.sequences import SequenceBuilder
-from cope.join.sql import connect, copy_to_parquet, lit
+from cope.join.sql import arrow_reader, arrow_table, connect, copy_to_parquet, lit
 from cope.join.writers import BackgroundParquetWriter
 from store import ItemStore
 
@@ -75,9 +75,16 @@ def join_behaviour(events: str | Path | list[str | Path], db: str | Path, out: s
     store's model tag (column ``model_tag`` and file metadata ``cope.model_tag``). Options are
     :class:`JoinConfig` fields. Re-running writes the same files.
 
-    >>> result = join_behaviour(["events.parquet"], "./cope.lancedb", "./joined",
-    ...                         links=["links.csv"], threshold=0.6)  # doctest: +SKIP
-    >>> print(result.report.summary())  # doctest: +SKIP
+    >>> import pathlib, tempfile
+    >>> from cope.join.synth import make_event_log, write_events, write_synthetic_store
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> catalog = write_synthetic_store(d / "db", n_products=20)  # hand-made vectors, all four domains
+    >>> _ = write_events(make_event_log(catalog, n_events=500, n_users=20), d / "events.parquet")
+    >>> result = join_behaviour(d / "events.parquet", d / "db", d / "joined", threshold=0.8, last_n=20)
+    >>> result.report.events.valid, result.report.domains["video"].matched_share
+    (500, 1.0)
+    >>> sorted(p.name for p in result.paths.values())[:3]
+    ['events.parquet', 'product_links.parquet', 'rejects.parquet']
     """
     config = JoinConfig.model_validate({**(config or JoinConfig()).model_dump(), **options})
     store = open_store(db, config.table)
@@ -213,8 +220,7 @@ class _Join:
             SELECT source_id, slice_start, slice_end, idx,
                    row_number() OVER (PARTITION BY source_id ORDER BY slice_start, item_id) AS rank
             FROM items WHERE domain = 'live' AND slice_start IS NOT NULL AND slice_end IS NOT NULL""")
-        keyed = self.con.sql("SELECT item_id, product_key, link_source, link_score FROM keyed ORDER BY idx"
-                             ).to_arrow_table()
+        keyed = arrow_table(self.con, "SELECT item_id, product_key, link_source, link_score FROM keyed ORDER BY idx")
         self.keys = {c: keyed.column(c).combine_chunks() for c in keyed.column_names}
         self.con.execute("DROP TABLE keyed")
 
@@ -259,7 +265,7 @@ class _Join:
         DuckDB sorts narrow rows (file index, item row number, one-byte domain); the path, item id, product key,
         link source and score are put back here with vectorised takes, batch by batch.
         """
-        reader = self.con.sql(self._events_sql(logs)).to_arrow_reader(self.config.batch_rows)
+        reader = arrow_reader(self.con, self._events_sql(logs), self.config.batch_rows)
         sources = pa.array(logs.source_names, pa.string())
         tags = pa.array([self.model_tag], pa.string())
         keys = self.keys

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from cope.join.config import JoinConfig
 from cope.join.events import expand_inputs
-from cope.join.sql import columns_of, ident, lit
+from cope.join.sql import arrow_table, columns_of, ident, lit
 from store import ItemStore
 from store.item_store import sql_in
 
@@ -206,10 +206,10 @@ def content_link_candidates(con: duckdb.DuckDBPyConnection) -> pa.Array:
                           "WHERE i.domain <> 'product'").fetchall()[0][0]
     if not unkeyed:  # the link table covers the store: no need to look at the events
         return pa.array([], pa.string())
-    rel = con.sql("""
+    rel = arrow_table(con, """
         WITH reached AS (SELECT DISTINCT domain, id FROM events_valid WHERE domain IN ('video', 'image', 'live'))
         SELECT i.item_id FROM items i SEMI JOIN reached r ON r.domain = i.domain AND r.id = i.source_id
         ANTI JOIN item_keys k ON k.item_id = i.item_id
         WHERE i.domain <> 'product'
         ORDER BY i.item_id""")
-    return rel.to_arrow_table().column("item_id").combine_chunks()
+    return rel.column("item_id").combine_chunks()

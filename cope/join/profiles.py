@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cope.join.links import read_item_vectors
+from cope.join.sql import arrow_reader, arrow_table
 from cope.join.writers import BackgroundParquetWriter
 from store import ItemStore
 
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 def register_vectors(con: duckdb.DuckDBPyConnection, store: ItemStore, item_ids_sql: str,
                      vector_column: str = "vector", name: str = "vec_ids") -> np.ndarray:
     """Read the vectors of the items ``item_ids_sql`` selects; register ``name(item_id, idx)``; return the matrix."""
-    ids = con.sql(item_ids_sql).to_arrow_table().column(0).combine_chunks()
+    ids = arrow_table(con, item_ids_sql).column(0).combine_chunks()
     found, matrix = read_item_vectors(store, ids, vector_column)
     con.register(f"{name}_arrow", pa.table({"item_id": found, "idx": pa.array(np.arange(len(found), dtype=np.int64))}))
     con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM {name}_arrow")
@@ -46,7 +47,7 @@ def weighted_sums(con: duckdb.DuckDBPyConnection, pairs_sql: str, matrix: np.nda
         FROM (SELECT user_id, item_id, sum(w) AS w FROM ({pairs_sql}) GROUP BY user_id, item_id) p
         JOIN {ids_table} v USING (item_id)
         GROUP BY p.user_id ORDER BY p.user_id"""
-    for batch in con.sql(query).to_arrow_reader(batch_users):
+    for batch in arrow_reader(con, query, batch_users):
         if batch.num_rows == 0:
             continue
         lists = batch.column("iw")

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 
 def lit(value: str) -> str:
@@ -40,6 +41,20 @@ def connect(memory_limit: str, threads: int | None, temp_dir: str | Path) -> duc
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_progress_bar = false")
     return con
+
+
+def arrow_table(con: duckdb.DuckDBPyConnection, query: str) -> pa.Table:
+    """A query's result as one Arrow table (DuckDB 2.0 ``to_arrow_table``; older ``fetch_arrow_table``)."""
+    rel = con.sql(query)
+    fetch = getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table
+    return fetch()
+
+
+def arrow_reader(con: duckdb.DuckDBPyConnection, query: str, batch_rows: int) -> pa.RecordBatchReader:
+    """A query's result streamed as Arrow record batches of ``batch_rows`` rows."""
+    rel = con.sql(query)
+    fetch = getattr(rel, "to_arrow_reader", None) or rel.fetch_arrow_reader
+    return fetch(batch_rows)
 
 
 def columns_of(con: duckdb.DuckDBPyConnection, relation_sql: str) -> list[tuple[str, str]]:
