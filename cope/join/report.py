@@ -91,7 +91,8 @@ class JoinReport(BaseModel):
             lines.append(f"{d:>7}: {c.events} events, {c.matched_share:.1%} matched, "
                          f"{c.product_key_share:.1%} with product key"
                          + (f"; unmatched ids: {c.unmatched_ids}, top: {top}" if c.unmatched else ""))
-        lines.append("links: " + ", ".join(f"{k} {v}" for k, v in self.links.events_by_link_source.items())
+        lines.append("links: " + (", ".join(f"{k} {v}" for k, v in self.links.events_by_link_source.items())
+                                  or "no valid events")
                      + (f"; content links above {self.links.threshold}: {self.links.content_linked} of "
                         f"{self.links.content_candidates} items" if self.links.content_candidates else ""))
         lines.append(f"users: {u.users} ({u.users_matched} matched), events/user mean {u.events_per_user_mean:.1f} "
