@@ -1,5 +1,26 @@
-"""cope: one content embedding per item across product pages, images, short videos and live streams."""
+"""cope: one content embedding per item across product pages, images, short videos and live streams.
+
+>>> import cope
+>>> summary = cope.embed("catalog.jsonl", "./cope.lancedb")  # doctest: +SKIP
+>>> db = cope.open("./cope.lancedb")  # doctest: +SKIP
+>>> db.similar("video:vid-p001", k=5, domains=["product"]).to_pandas()  # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
+__all__ = ["embed", "open"]
+
+
+def __getattr__(name: str) -> Any:  # heavy imports only when used
+    if name == "open":
+        from cope.api import open_db
+
+        return open_db
+    if name == "embed":
+        from cope.job import embed
+
+        return embed
+    raise AttributeError(f"module 'cope' has no attribute {name!r}")
