@@ -10,8 +10,8 @@ from cope.encoders.base import Encoder
 EncoderFactory = Callable[..., Encoder]
 _REGISTRY: dict[str, EncoderFactory] = {}
 
-#: what ``cope embed`` uses when no --model is given
-DEFAULT_MODEL = "open_clip:ViT-S-32"
+#: what ``cope embed`` uses when no --model is given: real packaged weights, no network (cope/encoders/default_model.py)
+DEFAULT_MODEL = "cope-default"
 
 
 def register_encoder(name: str) -> Callable[[EncoderFactory], EncoderFactory]:
