@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ["embed", "demo", "errors", "eval", "train", "reproject", "join"]
+COMMANDS = ["embed", "demo", "errors", "eval", "index", "stats", "train", "reproject", "join"]
 
 EXIT_USAGE = 2
 

@@ -75,6 +75,7 @@ class EmbedSummary:
     images: int = 0
     model_tag: str = ""
     errors: list[str] = field(default_factory=list)  # the first few reasons, for the summary
+    unindexed: int | None = None  # rows not yet in the table's ANN index (searched exactly); None: no ANN index
 
     @property
     def items_per_second(self) -> float:
@@ -89,6 +90,7 @@ class EmbedSummary:
             f"done {self.done} records ({self.items} items, {self.images} images), skipped {self.skipped}, "
             f"failed {self.failed}, invalid rows {self.invalid}; {self.seconds:.1f} s, "
             f"{self.items_per_second:.1f} items/s"
+            + (f"; {self.unindexed} rows not in the ANN index yet (run `cope index`)" if self.unindexed else "")
         )
 
 
@@ -257,7 +259,13 @@ class EmbedJob:
             self._flush(force=True)
         self.summary.seconds = time.perf_counter() - start
         if self.config.compact and self.summary.done and self.store.exists:
-            self.store.compact()
+            self.store.compact()  # lance's optimize: also folds the new rows into existing ANN indexes
+        if self.summary.done and self.store.exists:
+            from store.index import index_report
+
+            report = index_report(self.store.table)
+            self.summary.unindexed = report.unindexed_rows if report.vector_index() else None
+            logger.info("index state of %r: %s", self.store.name, report)
         logger.info("%s", self.summary)
         return self.summary
 
