@@ -64,7 +64,7 @@ def _title(row: dict[str, Any], width: int = 22) -> str:
         meta = json.loads(meta) if meta else {}
     name = meta.get("title") or (row.get("text") or "").split("\n")[0] or row["item_id"]
     if row.get("domain") == "live" and row.get("slice_start") is not None:
-        name = f"{name} [{row['slice_start']:g}-{row['slice_end']:g}s]"
+        name = f"[{row['slice_start']:g}-{row['slice_end']:g}s] {name}"
     return name if len(name) <= width else name[: width - 1] + "…"
 
 
@@ -152,7 +152,7 @@ def domain_map(df: pd.DataFrame, *, annotate: bool = True) -> Figure:
                        edgecolors="white", linewidths=0.5)
     if annotate and len(df) <= 60:
         for (x, y), key in zip(xy, df.get("product_key", df["item_id"])):
-            if key:
+            if isinstance(key, str) and key:
                 ax.annotate(str(key), (x, y), fontsize=6, alpha=0.7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")

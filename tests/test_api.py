@@ -244,7 +244,9 @@ def test_typed_filters(db) -> None:
 
 def test_metadata_equality(db) -> None:
     res = db.similar("product:p001", k=10, metadata={"product_key": "p001"})
-    assert set(res.ids) == {"image:img-p001", "video:vid-p001"}
+    same = {r["item_id"] for r in db.table.search().select(["item_id", "metadata"]).limit(None).to_arrow().to_pylist()
+            if json.loads(r["metadata"] or "{}").get("product_key") == "p001"} - {"product:p001"}
+    assert {"image:img-p001", "video:vid-p001"} <= same and set(res.ids) == same
     assert all(h.product_key == "p001" for h in res)
     # a key/value pair that only matches as a substring elsewhere must not match
     assert len(db.similar("product:p001", k=10, metadata={"product_key": "p00"})) == 0
@@ -347,3 +349,15 @@ def test_table_without_model_spec_asks_for_an_encoder(demo_db: Path, monkeypatch
     monkeypatch.setattr(ItemStore, "model_spec", property(lambda self: {}))
     with pytest.raises(ModelMismatchError, match="encoder="):
         db.search("red ball")
+
+
+def test_result_columns_can_be_narrowed(db) -> None:
+    full = db.similar("product:p000", k=3)
+    ids = db.similar("product:p000", k=3, columns=["item_id"])
+    assert ids.to_arrow().column_names == ["item_id", "score"] and ids.ids == full.ids
+    np.testing.assert_allclose(ids.scores, full.scores)
+    assert ids[0].domain is None and ids[0].item_id == full[0].item_id
+    some = db.search_many([db.vectors("video:vid-p000")[0]], k=2, columns=["domain"], metadata={"product_key": "p000"})
+    assert some[0].to_arrow().column_names == ["item_id", "domain", "score"] and len(some[0]) == 2
+    with pytest.raises(ValueError, match="unknown result column"):
+        db.similar("product:p000", columns=["vector"])

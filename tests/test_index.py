@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +113,7 @@ def test_ivf_index_search_params_and_true_cosine_scores(store, kind: str) -> Non
 
 def test_new_rows_are_searchable_at_once_then_folded_in_by_optimize(store) -> None:
     from cope.api import CopeDB
-    from store.index import build_index, index_report, optimize
+    from store.index import build_index, index_report, optimize, plan_index
 
     build_index(store, exact_below=1000, index_type="IVF_FLAT")
     new = synthetic_rows(30, start=ROWS, seed=5)
@@ -130,7 +132,17 @@ def test_new_rows_are_searchable_at_once_then_folded_in_by_optimize(store) -> No
     assert all(i.unindexed_rows == 0 for i in after.indexes), "scalar indexes are refreshed too"
     assert len(store.table.list_versions()) < versions_before, "old versions are cleaned up"
     assert after.vector_index("vector").index_type == "IVF_FLAT"
+    # the partition layout survives optimize (given as num_partitions, Lance would join them into a few big ones)
+    details = {i.name: i for i in store.table.list_indices()}["vector_idx"].index_details
+    assert details.get("target_partition_size") == math.ceil(ROWS / plan_index(ROWS, DIM, "IVF_FLAT").num_partitions)
+    assert _partitions(store) >= plan_index(ROWS, DIM, "IVF_FLAT").num_partitions - 1
     assert CopeDB(store).search(db.vectors([new_id])[0], k=1).ids == [new_id]
+
+
+def _partitions(store) -> int:
+    plan = (store.table.search(np.ones(DIM, np.float32), vector_column_name="vector").distance_type("cosine")
+            .nprobes(1).limit(1).analyze_plan())
+    return sum(int(n) for n in re.findall(r"partitions_ranked=(\d+)", plan))
 
 
 def test_auto_below_threshold_drops_a_stale_index(store) -> None:
@@ -179,8 +191,13 @@ def test_index_and_stats_commands(store, capsys) -> None:
     out = capsys.readouterr().out
     for part in ("rows       3010", "product: 753", "synthetic;fusion", "dim        16", "disk", "unindexed 10"):
         assert part in out, part
-    assert _run(["index", "--db", db, "--optimize", "--keep-minutes", "0"]) == 0
-    assert "unindexed 10" in capsys.readouterr().out.split("after optimize")[0]
+    assert _run(["index", "--db", db, "--optimize", "--keep-minutes", "0", "--nprobes", "33"]) == 0
+    out = capsys.readouterr().out
+    assert "unindexed 10" in out.split("after optimize")[0] and "nprobes=33" in out
+    from store import ItemStore
+    from store.index import search_params
+
+    assert search_params(ItemStore.open(db), "vector").nprobes == 33
     assert _run(["stats", "--db", db, "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["rows"] == 3010 and stats["unindexed_rows"] == 0 and stats["disk_bytes"] > 0

@@ -77,8 +77,11 @@ def test_pca_and_same_product(small_db) -> None:
     df = catalog_frame(small_db)
     assert len(df) == small_db.table.count_rows() and df["vector"].iloc[0].shape == (16,)
     sp = same_product_at_k(small_db, df, k=2)
-    assert set(sp["query"]) == {"product", "image", "video"} and len(sp) == 6
-    assert sp["same_product@2"].between(0, 1).all() and (sp["queries"] == 4).all()
+    labelled = df[df["product_key"].notna()]
+    assert set(sp["query"]) == set(labelled["domain"]) >= {"product", "image", "video"}
+    assert sp["same_product@2"].between(0, 1).all() and (sp["queries"] >= 1).all()
+    pv = sp[(sp["query"] == "product") & (sp["target"] == "video")]
+    assert pv["queries"].item() == 4  # every product has a video in the demo
 
 
 def test_figures_render_headless(small_db) -> None:

@@ -27,6 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--optimize", action="store_true", help="fold new rows into existing indexes instead of building")
     p.add_argument("--keep-minutes", type=float, default=10.0,
                    help="with --optimize: keep table versions younger than this (default 10)")
+    p.add_argument("--nprobes", type=int, default=None,
+                   help="store this many IVF partitions to probe per query (more: higher recall, slower)")
+    p.add_argument("--refine-factor", type=int, default=None, help="store this exact re-ranking factor")
+    p.add_argument("--ef", type=int, default=None, help="store this HNSW search width (IVF_HNSW_SQ)")
     p.set_defaults(func=run)
 
 
@@ -34,9 +38,17 @@ def run(args: argparse.Namespace) -> int:
     import datetime as dt
 
     from store import ItemStore
-    from store.index import build_index, index_report, optimize
+    from store.index import (
+        SearchParams,
+        build_index,
+        index_report,
+        optimize,
+        search_params,
+        set_search_params,
+    )
 
     store = ItemStore.open(args.db, args.table)
+    store.table  # noqa: B018  (raises "run cope embed first" for a missing table)
     if args.optimize:
         print(f"before:\n{index_report(store)}")
         report = optimize(store, cleanup_older_than=dt.timedelta(minutes=args.keep_minutes))
@@ -45,4 +57,13 @@ def run(args: argparse.Namespace) -> int:
         report = build_index(store, columns=args.columns or ["vector"], index_type=args.index_type,
                              exact_below=args.exact_below, scalar=not args.no_scalar)
         print(f"indexed in {report.seconds:.1f} s:\n{report}")
+    tuned = {k: v for k, v in (("nprobes", args.nprobes), ("refine_factor", args.refine_factor), ("ef", args.ef))
+             if v is not None}
+    for column in args.columns or ["vector"]:
+        if tuned and report.vector_index(column) is not None:
+            current = search_params(store, column) or SearchParams()
+            set_search_params(store, current.model_copy(update=tuned), column)
+            print(f"{column}: search settings now {search_params(store, column)}")
+        elif tuned:
+            print(f"{column}: no vector index (exact search); --nprobes/--refine-factor/--ef ignored")
     return 0
