@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("LANCE_LOG", "error")  # k-means on clustered data logs every empty partition at WARN
+os.environ.setdefault("LANCEDB_LOG", "error")  # k-means on clustered data logs every empty partition at WARN
 
 from cope.api import CopeDB, open_db
 from store import ItemStore

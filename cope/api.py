@@ -688,8 +688,8 @@ class CopeDB:
                 q = q.nprobes(params.nprobes)
             if params.refine_factor:
                 q = q.refine_factor(params.refine_factor)
-            if params.ef:
-                q = q.ef(params.ef)
+            if params.ef:  # HNSW needs a beam at least as wide as the candidates it returns
+                q = q.ef(max(params.ef, limit * (params.refine_factor or 1)))
         table = q.to_arrow()
         score = pc.subtract(pa.scalar(1.0, pa.float32()), table.column("_distance").cast(pa.float32()))
         if len(vectors) == 1:

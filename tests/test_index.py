@@ -92,7 +92,7 @@ def test_small_table_gets_scalar_indexes_and_exact_search(store) -> None:
     assert "exact" in str(report)
 
 
-@pytest.mark.parametrize("kind", ["IVF_FLAT", "IVF_SQ"])
+@pytest.mark.parametrize("kind", ["IVF_FLAT", "IVF_SQ", "IVF_HNSW_SQ"])
 def test_ivf_index_search_params_and_true_cosine_scores(store, kind: str) -> None:
     from cope.api import CopeDB
     from store.index import build_index, search_params
@@ -109,6 +109,9 @@ def test_ivf_index_search_params_and_true_cosine_scores(store, kind: str) -> Non
     # scores are cosine similarities, whatever the index stores internally (SQ alone would return 2x distances)
     expected = db.vectors(res.ids) @ db.vectors(["product:s0"])[0]
     np.testing.assert_allclose(res.scores, expected, atol=2e-3)
+    if kind == "IVF_HNSW_SQ":  # a beam narrower than k x refine_factor is widened, not an error
+        db.set_search_params(params.model_copy(update={"ef": 4}))
+        assert len(db.similar("product:s0", k=10)) == 10
 
 
 def test_new_rows_are_searchable_at_once_then_folded_in_by_optimize(store) -> None:
