@@ -86,6 +86,7 @@ def test_pca_and_same_product(small_db) -> None:
 
 def test_figures_render_headless(small_db) -> None:
     matplotlib = pytest.importorskip("matplotlib")
+    pytest.importorskip("pandas")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
