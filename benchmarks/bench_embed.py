@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-import numpy as np  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+import numpy as np
+from PIL import Image, ImageDraw
 
 
 def make_photo(path: Path, i: int, size: int = 800) -> None:
@@ -56,8 +56,8 @@ def bench_images(arch: str, n: int, batch: int, threads: int, work: Path) -> dic
     import torch
 
     from cope.encoders import create_encoder
+    from cope.extractors.image import load_image
     from cope.job import embed
-    from extractors.image import load_image
 
     manifest = catalog(work / "photos", n)
     enc = create_encoder(f"open_clip:{arch}", threads=threads)

@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("LANCEDB_LOG", "error")  # k-means on clustered data logs every empty partition at WARN
 
 from cope.api import CopeDB, open_db
-from store import ItemStore
-from store.index import (
+from cope.store import ItemStore
+from cope.store.index import (
     AUTO_INDEX,
     SearchParams,
     build_index,

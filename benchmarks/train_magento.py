@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cope.evaluation import RetrievalResult
+from cope.store import ItemStore
 from cope.training import (
     ProductSplit,
     TrainConfig,
@@ -43,7 +44,6 @@ from cope.training import (
     read_labels,
     train,
 )
-from store import ItemStore
 
 DEFAULT_DATA = (REPO / ".." / "shared" / "data").resolve()
 RESULTS = REPO / "benchmarks" / "results"
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest, pairs = write_inputs(args.data, args.work)
     db = args.work / "magento.lancedb"
     from cope.job import embed
-    from store.item_store import StoreMismatchError
+    from cope.store.item_store import StoreMismatchError
 
     t0 = time.perf_counter()
     try:

@@ -17,7 +17,6 @@ import datetime as dt
 import json
 import logging
 import os
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -27,19 +26,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from store import ItemStore
-from store.item_store import StoreMismatchError
+from cope.errors import InputNotFoundError, ItemNotFoundError, ModelMismatchError
+from cope.pipeline import PipelineSpec
+from cope.records import Domain
+from cope.store import ItemStore
+from cope.vectors import to_numpy
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from cope.embedding import Pipeline
     from cope.encoders import Encoder
     from cope.fusion import FusionConfig
-    from store.index import IndexReport, SearchParams
+    from cope.store.index import IndexReport, SearchParams
 
 logger = logging.getLogger(__name__)
 
-Domain = Literal["product", "image", "video", "live"]
 VectorColumn = Literal["vector", "image_vector", "text_vector"]
 QueryKind = Literal["auto", "vector", "text", "image", "video"]
 MetadataValue = str | int | float | bool | None
@@ -51,14 +53,6 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".f
 RESULT_COLUMNS = ("item_id", "domain", "source_id", "slice_start", "slice_end", "text", "media_uri", "metadata",
                   "updated_at")
 _MODALITY_FLAG = {"image_vector": "has_image", "text_vector": "has_text"}
-
-
-class ModelMismatchError(StoreMismatchError):
-    """The encoder at hand is not the model that wrote the table's vectors."""
-
-
-class ItemNotFoundError(LookupError):
-    """An item id that is not in the table."""
 
 
 # -- filters ------------------------------------------------------------------------------------------------------
@@ -295,18 +289,20 @@ def _is_pil(x: Any) -> bool:
     return isinstance(x, Image.Image)
 
 
-_FUSION_RE = re.compile(r";fusion=image:([0-9.eE+-]+),text:([0-9.eE+-]+)$")
-
-
 # -- the database -------------------------------------------------------------------------------------------------
 
 
 class CopeDB:
     """Similarity lookups on one item table. Make one with :func:`open_db` (``cope.open``).
 
-    >>> db = open_db("cope-demo/cope.lancedb")  # doctest: +SKIP
-    >>> db.similar("product:p001", k=5, domains=["video", "live"])  # doctest: +SKIP
-    >>> db.search_many(["a red ball", "photo.jpg"], k=3)  # doctest: +SKIP
+    Text, image and video queries go through the table's own pipeline (rebuilt from the spec stored in the table:
+    encoder, extraction options, fusion weights and trained heads), exactly like an item of the domain they stand for.
+
+    >>> db = open_db(db_dir)
+    >>> db.similar("product:p1", k=2).ids
+    ['image:i1', 'video:v1']
+    >>> db.search("a red ball", k=1, domains=["product"]).ids
+    ['product:p1']
     """
 
     def __init__(self, store: ItemStore, encoder: Encoder | None = None) -> None:
@@ -314,12 +310,13 @@ class CopeDB:
         self.table = store.table  # raises with "run cope embed" when the table does not exist
         self.model_tag = store.model_tag
         self.dim = store.dim or self._vector_dim("vector")
+        #: how the table's vectors were made (None: the table does not say; search it with vectors only)
+        self.spec: PipelineSpec | None = PipelineSpec.from_metadata(store.metadata)
         self._columns = tuple(self.table.schema.names)
-        self._encoder: Encoder | None = None
+        self._pipeline: Pipeline | None = None
         self._params: dict[str, SearchParams | None] = {}
         if encoder is not None:
-            self._check_encoder(encoder)
-            self._encoder = encoder
+            self._pipeline = self._build(encoder)
 
     def __repr__(self) -> str:
         return f"CopeDB({self.store.uri!r}, table={self.store.name!r}, model_tag={self.model_tag!r}, dim={self.dim})"
@@ -327,59 +324,63 @@ class CopeDB:
     def __len__(self) -> int:
         return self.table.count_rows()
 
-    # -- model ---------------------------------------------------------------------------------------------------
+    # -- the pipeline --------------------------------------------------------------------------------------------
     @property
     def fusion(self) -> FusionConfig:
         from cope.fusion import FusionConfig
 
-        spec = self.store.model_spec.get("fusion")
-        if spec:
-            return FusionConfig(**spec)
-        m = _FUSION_RE.search(self.model_tag or "")
-        return FusionConfig(image_weight=float(m.group(1)), text_weight=float(m.group(2))) if m else FusionConfig()
+        return self.spec.fusion if self.spec is not None else FusionConfig()
 
-    def _check_encoder(self, encoder: Encoder) -> None:
-        tag = f"{encoder.model_tag};{self.fusion.tag}"
-        if self.model_tag and tag != self.model_tag:
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """The domains a query can stand for: the heads' domains on a heads table, else every domain."""
+        from cope.records import DOMAINS
+
+        return self.spec.heads.domains if self.spec is not None and self.spec.heads else DOMAINS
+
+    def _build(self, encoder: Encoder | None = None) -> Pipeline:
+        from cope.embedding import Pipeline
+
+        if self.spec is None:
             raise ModelMismatchError(
-                f"table {self.store.name!r} in {self.store.uri} holds vectors of {self.model_tag!r}, but the encoder "
-                f"is {encoder.model_tag!r}; its query vectors would not be comparable. Pass the table's own model "
-                "(or leave encoder=None to rebuild it from the table)."
+                f"table {self.store.name!r} in {self.store.uri} does not record the pipeline that made its vectors "
+                f"(model tag {self.model_tag!r}); search it with vectors, or re-embed it with this version of cope"
             )
-        if encoder.dim != self.dim:
-            raise ModelMismatchError(f"encoder dim {encoder.dim} != table dim {self.dim}")
+        pipeline = Pipeline.build(self.spec, encoder=encoder, db=self.store.uri)
+        if pipeline.tag != self.model_tag or pipeline.dim != self.dim:
+            raise ModelMismatchError(
+                f"table {self.store.name!r} holds vectors of {self.model_tag!r} (dim {self.dim}), but its pipeline "
+                f"rebuilds as {pipeline.tag!r} (dim {pipeline.dim}): install the model files and versions that "
+                "wrote the table"
+            )
+        return pipeline
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The table's own pipeline, built on first use from the spec stored in the table and checked against it."""
+        if self._pipeline is None:
+            self._pipeline = self._build()
+        return self._pipeline
 
     @property
     def encoder(self) -> Encoder:
-        """The table's own encoder, built on first use from the spec stored in the table and checked against its tag."""
-        if self._encoder is None:
-            spec = self.store.model_spec
-            if not spec.get("model"):
-                raise ModelMismatchError(
-                    f"table {self.store.name!r} in {self.store.uri} does not record how its model was built "
-                    f"(model tag {self.model_tag!r}); pass encoder=create_encoder(...) for that model, "
-                    "or search with vectors"
-                )
-            from cope.encoders import create_encoder
+        return self.pipeline.encoder
 
-            options = {"pretrained": spec["pretrained"]} if spec.get("pretrained") else {}
-            logger.info("loading the table's model %s", spec["model"])
-            encoder = create_encoder(spec["model"], **options)
-            self._check_encoder(encoder)
-            self._encoder = encoder
-        return self._encoder
+    def encode(self, queries: Sequence[Any], kind: QueryKind = "auto", *, as_domain: str | None = None) -> np.ndarray:
+        """Query vectors (n, dim), float32, L2-normalised, each made like an item of ``as_domain``.
 
-    def encode(self, queries: Sequence[Any], kind: QueryKind = "auto") -> np.ndarray:
-        """Query vectors (n, dim), float32, L2-normalised: texts in one batch, images and video frames in another."""
-        from cope.encoders.base import l2_normalize
-        from cope.fusion import fuse, mean_vector
+        ``as_domain`` matters on a heads table (each domain has its own head); by default a text or mixed query
+        stands for a product page, an image for an image, a video for a video (see
+        :func:`cope.embedding.default_query_domain`). Vectors are used as they are (normalised).
+        """
+        from cope.embedding import default_query_domain
+        from cope.vectors import l2_normalize
 
+        if as_domain is not None and as_domain not in self.domains:
+            raise ValueError(f"as_domain={as_domain!r}: the table's pipeline knows {list(self.domains)}")
         kinds = [query_kind(q) if kind == "auto" else kind for q in queries]
         out = np.zeros((len(queries), self.dim), np.float32)
-        texts: list[tuple[int, str]] = []
-        images: list[tuple[int, Any]] = []
-        videos: list[tuple[int, Any]] = []
-        parts: dict[int, dict[str, Any]] = {}  # Query objects: part -> where its vector lands
+        contents, where, domains = [], [], []
         for i, (q, k) in enumerate(zip(queries, kinds)):
             if k == "vector":
                 v = np.asarray(q, dtype=np.float32).reshape(-1)
@@ -389,54 +390,21 @@ class CopeDB:
                         f"vectors of {self.model_tag!r}"
                     )
                 out[i] = l2_normalize(v)
-            elif k == "text":
-                texts.append((i, str(q)))
-            elif k == "image":
-                images.append((i, q))
-            elif k == "video":
-                videos.append((i, q))
-            elif k == "query":
-                parts[i] = {}
-                if q.text:
-                    texts.append((-1 - i, q.text))
-                if q.image is not None:
-                    images.append((-1 - i, q.image))
-                if q.video is not None:
-                    videos.append((-1 - i, q.video))
+                continue
+            if k not in ("text", "image", "video", "query"):
+                raise ValueError(f"unknown query kind {k!r}; one of auto, vector, text, image, video")
+            domain = as_domain or default_query_domain(k, self.domains)
+            if k == "query":
                 if not (q.text or q.image is not None or q.video is not None):
                     raise ValueError("empty Query: give text, image or video")
+                parts = {"text": q.text, "image": q.image, "video": q.video}
             else:
-                raise ValueError(f"unknown query kind {k!r}; one of auto, vector, text, image, video")
-
-        def put(i: int, part: str, v: np.ndarray) -> None:
-            if i >= 0:
-                out[i] = v
-            else:
-                parts[-1 - i].setdefault(part, []).append(v)
-
-        if texts:
-            vecs = self.encoder.encode_texts([t for _, t in texts])
-            for (i, _), v in zip(texts, vecs):
-                put(i, "text", v)
-        if images or videos:
-            from extractors.image import load_image
-            from extractors.video import read_video_frames
-
-            size = getattr(self.encoder, "image_size", None)
-            pictures = [q if _is_pil(q) else load_image(str(q), size_hint=size) for _, q in images]
-            frames = [read_video_frames(str(q), count=8, short_side=size)[0] for _, q in videos]
-            flat = pictures + [f for fs in frames for f in fs]
-            vecs = self.encoder.encode_images(flat)
-            for (i, _), v in zip(images, vecs[: len(pictures)]):
-                put(i, "image", v)
-            pos = len(pictures)
-            for (i, _), fs in zip(videos, frames):
-                put(i, "image", mean_vector(vecs[pos : pos + len(fs)]))
-                pos += len(fs)
-        for i, got in parts.items():
-            image = mean_vector(np.stack(got["image"])) if "image" in got else None
-            text = got["text"][0] if "text" in got else None
-            out[i] = fuse(image, text, self.fusion)
+                parts = {k: str(q) if k == "text" else q}
+            contents.append(self.pipeline.query_content(**parts, domain=domain))
+            where.append(i)
+            domains.append(domain)
+        if contents:
+            out[where] = self.pipeline.encode_contents(contents, domains)
         return out
 
     # -- lookups ----------------------------------------------------------------------------------------------------
@@ -477,7 +445,7 @@ class CopeDB:
                     f"{', '.join(lacking[:5])} {'has' if len(lacking) == 1 else 'have'} no "
                     f"{flag.removeprefix('has_')} part, so no {vector_column}; use vector_column='vector'"
                 )
-        return _fixed_list_to_numpy(rows.column(vector_column), self._vector_dim(vector_column))
+        return to_numpy(rows.column(vector_column), self._vector_dim(vector_column))
 
     # -- search -----------------------------------------------------------------------------------------------------
     def search(
@@ -486,6 +454,7 @@ class CopeDB:
         k: int = 10,
         *,
         kind: QueryKind = "auto",
+        as_domain: Domain | None = None,
         domains: Sequence[Domain] | Domain | None = None,
         vector_column: VectorColumn = "vector",
         item_ids: Sequence[str] | None = None,
@@ -501,6 +470,9 @@ class CopeDB:
     ) -> Results:
         """The ``k`` nearest items to a vector, text, image (PIL or path), video path or :class:`Query`.
 
+        The query is made like an item of ``as_domain`` (on a heads table each domain has its own head; the
+        default is a product page for text, an image for an image, a video for a video).
+
         ``columns`` picks the result columns (``item_id`` and ``score`` always; default: all of
         :data:`RESULT_COLUMNS`); each column costs a little per query on large tables (~0.3 ms at 1M rows).
 
@@ -510,7 +482,8 @@ class CopeDB:
         f = _filters(filters, domains=domains, item_ids=item_ids, exclude_ids=exclude_ids, source_ids=source_ids,
                      updated_after=updated_after, updated_before=updated_before, slice_between=slice_between,
                      metadata=dict(metadata) if metadata else None, where=where)
-        return self.search_many([query], k, kind=kind, vector_column=vector_column, filters=f, columns=columns)[0]
+        return self.search_many([query], k, kind=kind, as_domain=as_domain, vector_column=vector_column, filters=f,
+                                columns=columns)[0]
 
     def search_many(
         self,
@@ -518,6 +491,7 @@ class CopeDB:
         k: int = 10,
         *,
         kind: QueryKind = "auto",
+        as_domain: Domain | None = None,
         domains: Sequence[Domain] | Domain | None = None,
         vector_column: VectorColumn = "vector",
         item_ids: Sequence[str] | None = None,
@@ -540,7 +514,7 @@ class CopeDB:
         f = _filters(filters, domains=domains, item_ids=item_ids, exclude_ids=exclude_ids, source_ids=source_ids,
                      updated_after=updated_after, updated_before=updated_before, slice_between=slice_between,
                      metadata=dict(metadata) if metadata else None, where=where)
-        vectors = self.encode(list(queries), kind)
+        vectors = self.encode(list(queries), kind, as_domain=as_domain)
         labels = [_label(q) for q in queries]
         return self._knn(vectors, k, f, vector_column, labels, columns=columns)
 
@@ -609,7 +583,7 @@ class CopeDB:
     def search_params(self, column: str = "vector") -> SearchParams | None:
         """How the column's index is queried (``None``: exact search); cached until :meth:`refresh`."""
         if column not in self._params:
-            from store.index import search_params
+            from cope.store.index import search_params
 
             self._params[column] = search_params(self.table, column)
         return self._params[column]
@@ -618,14 +592,14 @@ class CopeDB:
         """Query the column's index with these settings from now on (``persist``: store them in the table for every
         reader). ``None`` goes back to the stored settings.
 
-        >>> from store.index import SearchParams
+        >>> from cope.store.index import SearchParams
         >>> db.set_search_params(SearchParams(nprobes=80))  # doctest: +SKIP
         """
         if params is None:
             self._params.pop(column, None)
             return
         if persist:
-            from store.index import set_search_params
+            from cope.store.index import set_search_params
 
             set_search_params(self.table, params, column)
         self._params[column] = params
@@ -720,21 +694,21 @@ class CopeDB:
         self._params.clear()
 
     def index_report(self) -> IndexReport:
-        from store.index import index_report
+        from cope.store.index import index_report
 
         return index_report(self.table)
 
     def build_index(self, **options: Any) -> IndexReport:
-        """:func:`store.index.build_index` on this table."""
-        from store.index import build_index
+        """:func:`cope.store.index.build_index` on this table."""
+        from cope.store.index import build_index
 
         report = build_index(self.table, **options)
         self._params.clear()
         return report
 
     def optimize(self, **options: Any) -> IndexReport:
-        """:func:`store.index.optimize`: fold new rows into the indexes, compact, delete old versions."""
-        from store.index import optimize
+        """:func:`cope.store.index.optimize`: fold new rows into the indexes, compact, delete old versions."""
+        from cope.store.index import optimize
 
         report = optimize(self.table, **options)
         self._params.clear()
@@ -753,13 +727,6 @@ def _label(q: Any) -> str:
     return "<vector>"
 
 
-def _fixed_list_to_numpy(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if len(arr) == 0:
-        return np.zeros((0, dim), np.float32)
-    return arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
-
-
 def open_db(db_path: str | os.PathLike[str], table: str = "items", encoder: Encoder | None = None) -> CopeDB:
     """Open an item table for similarity lookups (``cope.open``).
 
@@ -772,7 +739,7 @@ def open_db(db_path: str | os.PathLike[str], table: str = "items", encoder: Enco
     """
     uri = os.fspath(db_path)
     if "://" not in uri and not Path(uri).is_dir():
-        raise FileNotFoundError(f"no LanceDB folder at {uri}; run `cope embed MANIFEST --db {uri}` first")
+        raise InputNotFoundError(f"no LanceDB folder at {uri}; run `cope embed MANIFEST --db {uri}` first")
     return CopeDB(ItemStore.open(uri, table), encoder)
 
 

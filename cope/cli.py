@@ -13,6 +13,10 @@ import os
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
+from cope.errors import CopeError
+
 COMMANDS = ["embed", "demo", "errors", "eval", "index", "stats", "train", "reproject", "join"]
 
 EXIT_USAGE = 2
@@ -42,13 +46,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(-1 if args.quiet else args.verbose)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as e:  # user errors: say what is wrong, no traceback
+    except (CopeError, ValidationError, FileNotFoundError) as e:  # the user can fix these: a message, no traceback
         logging.getLogger("cope").debug("error", exc_info=True)
-        print(f"cope {args.command}: error: {e}", file=sys.stderr)
+        print(f"cope {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `cope errors | head`: the reader went away; exit quietly like other CLIs
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}" for err in e.errors())
+    return " ".join(str(e).split())
 
 
 if __name__ == "__main__":

@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cope.errors import ExtractionError
+
+__all__ = ["Content", "ExtractOptions", "ExtractionError"]
+
 if TYPE_CHECKING:
     from PIL import Image
-
-
-class ExtractionError(Exception):
-    """An input could not be turned into content (missing file, corrupt image, undecodable video...)."""
 
 
 class ExtractOptions(BaseModel):

@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from cope.evaluation import RetrievalResult, evaluate_directions, format_table, results_to_json
-from store import ItemStore
+from cope.store import ItemStore
 
 logger = logging.getLogger(__name__)
 

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
+from cope.vectors import l2_normalize
+
 __all__ = [
     "PrecisionResult",
     "RetrievalResult",
@@ -81,7 +83,7 @@ def _normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"expected a 2-D array of vectors, got shape {x.shape}")
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return l2_normalize(x)
 
 
 def _codes(*columns: Sequence[Hashable]) -> list[np.ndarray]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cope.encoders.base import l2_normalize
+from cope.vectors import l2_normalize
 
 
 class FusionConfig(BaseModel):
@@ -25,11 +25,6 @@ class FusionConfig(BaseModel):
     @property
     def tag(self) -> str:
         return f"fusion=image:{self.image_weight:g},text:{self.text_weight:g}"
-
-
-def mean_vector(vectors: np.ndarray) -> np.ndarray:
-    """Normalised mean of normalised vectors (an item's frames or images)."""
-    return l2_normalize(np.asarray(vectors, dtype=np.float32).mean(axis=0))
 
 
 def fuse(image: np.ndarray | None, text: np.ndarray | None, config: FusionConfig) -> np.ndarray:

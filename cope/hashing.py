@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 
 from cope.records import Record
 
@@ -28,6 +29,16 @@ def file_fingerprint(path: str) -> str:
             h.update(f.read(_EDGE))
             f.seek(st.st_size - _EDGE)
             h.update(f.read(_EDGE))
+    return h.hexdigest()
+
+
+def sha256_files(paths: Sequence[str | os.PathLike[str]], chunk: int = 1 << 22) -> str:
+    """sha256 (hex) of the concatenated bytes of files (model weights: their fingerprint goes into model tags)."""
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
     return h.hexdigest()
 
 

@@ -51,8 +51,7 @@ def format_validation_error(err: ValidationError) -> str:
 
 
 def _resolve(path: str, base: Path) -> str:
-    if path.startswith("file://"):
-        path = path[len("file://") :]
+    path = path.removeprefix("file://")
     if "://" in path:
         return path  # left to the extractor, which says what is supported
     p = Path(path).expanduser()

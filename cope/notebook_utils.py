@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cope.records import DOMAINS
+
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
@@ -39,7 +41,7 @@ def thumbnail(media_uri: str | None, *, slice_start: float | None = None, slice_
         if not media_uri:
             raise FileNotFoundError("no media")
         if Path(media_uri).suffix.lower() in _VIDEO_SUFFIXES:
-            from extractors.video import read_video_frames
+            from cope.extractors.video import read_video_frames
 
             if slice_start is not None and slice_end is not None:
                 frames, _ = read_video_frames(media_uri, times=[(slice_start + slice_end) / 2], short_side=size)
@@ -47,7 +49,7 @@ def thumbnail(media_uri: str | None, *, slice_start: float | None = None, slice_
                 frames, _ = read_video_frames(media_uri, count=1, short_side=size)  # the middle frame
             im = frames[0]
         else:
-            from extractors.image import load_image
+            from cope.extractors.image import load_image
 
             im = load_image(media_uri, size_hint=size)
         im = im.copy()
@@ -77,7 +79,7 @@ def neighbour_grid(db: CopeDB, item_ids: Sequence[str], k: int = 5, *, cross_dom
     import matplotlib.pyplot as plt
 
     queries = db.get(list(item_ids)).to_pylist()
-    all_domains = ["product", "image", "video", "live"]
+    all_domains = list(DOMAINS)
     fig, axes = plt.subplots(len(queries), k + 1, figsize=(1.9 * (k + 1), 2.2 * len(queries)), squeeze=False)
     for r, q in enumerate(queries):
         domains = [d for d in all_domains if d != q["domain"]] if cross_domain else None
@@ -126,9 +128,9 @@ def catalog_frame(db: CopeDB, *, with_vectors: bool = True, limit: int | None = 
     df["metadata"] = df["metadata"].map(lambda s: json.loads(s) if s else {})
     df["product_key"] = df["metadata"].map(lambda m: m.get("product_key"))
     if with_vectors:
-        from cope.api import _fixed_list_to_numpy
+        from cope.vectors import to_numpy
 
-        df["vector"] = list(_fixed_list_to_numpy(table.column("vector"), db.dim))
+        df["vector"] = list(to_numpy(table.column("vector"), db.dim))
     return df
 
 

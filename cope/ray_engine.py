@@ -23,10 +23,20 @@ from typing import Any
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from cope.job import EmbedConfig, EmbedSummary, _Prepared, encode_prepared, model_spec, prepare_record
-from cope.manifest import read_manifest
+from cope.embed_core import (
+    EmbedConfig,
+    EmbedCore,
+    EmbedSummary,
+    error_row,
+    manifest_paths,
+    resolve_db,
+    select_todo,
+    write_rows,
+)
+from cope.embedding import Pipeline, Prepared, prepare_record
+from cope.pipeline import PipelineSpec
 from cope.records import RECORD_ADAPTER
-from store import ItemStore
+from cope.store import ItemStore
 
 logger = logging.getLogger(__name__)
 
@@ -53,19 +63,18 @@ def _transform(blob: bytes) -> Any:
     return _TRANSFORMS[blob]
 
 
-def _extract_batch(batch: pa.Table, *, db: str, config_json: str, transform: bytes, image_size: int) -> pa.Table:
-    """Ray task: hash, skip what is stored, extract and preprocess. One output row per input record."""
-    from cope.hashing import record_hash
+def _extract_batch(batch: pa.Table, *, db: str, table: str, spec_json: str, transform: bytes) -> pa.Table:
+    """Ray task: hash, skip what is stored (the core's decision), extract and preprocess. One row per record."""
+    from cope.embed_core import hash_records
 
-    config = EmbedConfig.model_validate_json(config_json)
-    options = config.extract.model_copy(update={"image_size": image_size})
+    options = PipelineSpec.model_validate_json(spec_json).extract
     records = [RECORD_ADAPTER.validate_json(r) for r in batch.column("record").to_pylist()]
     origins = batch.column("origin").to_pylist()
-    digests = [record_hash(r) for r in records]
-    stored = _store(db, config.table).stored_hashes([r.record_key for r in records])
+    digests = hash_records(records)
+    todo = select_todo(_store(db, table), records, digests)
     status, payload, errors = [], [], []
-    for record, origin, digest in zip(records, origins, digests):
-        if stored.get(record.record_key) == {digest}:
+    for record, origin, digest, needed in zip(records, origins, digests, todo):
+        if not needed:
             status.append("skipped"), payload.append(None), errors.append(None)
             continue
         prepared = prepare_record(record, origin, digest, _transform(transform), options)
@@ -75,31 +84,28 @@ def _extract_batch(batch: pa.Table, *, db: str, config_json: str, transform: byt
             prepared.tensors = [[t.numpy() for t in per] for per in prepared.tensors]  # plain arrays travel well
             status.append("todo"), payload.append(pickle.dumps(prepared, protocol=5)), errors.append(None)
     return pa.table({"record_key": [r.record_key for r in records], "origin": origins, "status": status,
+                     "stage": ["extract" if s == "failed" else None for s in status],
                      "error": errors, "payload": pa.array(payload, pa.binary())})
 
 
 class _EncodeActor:
-    """Ray actor: one model per actor; encodes the records of a batch together and returns their store rows."""
+    """Ray actor: one pipeline (model and heads) per actor; encodes the records of a batch together."""
 
-    def __init__(self, encoder_spec: dict, config_json: str, model_tag: str, device: str, threads: int | None) -> None:
-        from cope.encoders import create_encoder
-
-        self.config = EmbedConfig.model_validate_json(config_json)
-        options = dict(encoder_spec["options"], device=device, **({"threads": threads} if threads else {}))
-        self.encoder = create_encoder(encoder_spec["model"], **options)
-        self.model_tag = model_tag
-        if f"{self.encoder.model_tag};{self.config.fusion.tag}" != model_tag:
-            raise RuntimeError(f"worker built {self.encoder.model_tag!r}, driver expects {model_tag!r}: "
-                               "install the same cope, model files and versions on every node")
+    def __init__(self, spec_json: str, db: str, device: str, threads: int | None, batch_size: int,
+                 text_batch_size: int) -> None:
+        spec = PipelineSpec.model_validate_json(spec_json)
+        self.pipeline = Pipeline.build(spec, db=db, device=device, threads=threads)  # checks the encoder's tag
+        self.batch_size, self.text_batch_size = batch_size, text_batch_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
         status = batch.column("status").to_pylist()
+        stages = batch.column("stage").to_pylist()
         errors = batch.column("error").to_pylist()
         payload = batch.column("payload").to_pylist()
         todo = [i for i, s in enumerate(status) if s == "todo"]
-        prepared: list[_Prepared] = []
+        prepared: list[Prepared] = []
         for i in todo:
             p = pickle.loads(payload[i])
             p.tensors = [[torch.from_numpy(t) for t in per] for per in p.tensors]
@@ -108,24 +114,25 @@ class _EncodeActor:
         n_images = [0] * len(status)
         if prepared:
             try:
-                rows, _ = encode_prepared(self.encoder, prepared, self.config, self.model_tag)
+                rows = self.pipeline.encode(prepared, self.batch_size, self.text_batch_size)
             except Exception as e:  # the whole batch fails together, like in the single-machine job
                 logger.exception("encoding failed")
                 for i in todo:
-                    status[i], errors[i] = "failed", f"encode: {type(e).__name__}: {e}"
+                    status[i], stages[i], errors[i] = "failed", "encode", f"{type(e).__name__}: {e}"
             else:
                 by_record: dict[str, list[dict]] = {}
                 for row in rows:
                     by_record.setdefault(row["record_key"], []).append(row)
                 for i, p in zip(todo, prepared):
+                    assert p.record is not None
                     rows_out[i] = pickle.dumps(by_record.get(p.record.record_key, []), protocol=5)
                     n_images[i] = p.n_images
         return pa.table({"record_key": batch.column("record_key"), "origin": batch.column("origin"),
-                         "status": status, "error": errors, "rows": pa.array(rows_out, pa.binary()),
-                         "n_images": n_images})
+                         "status": status, "stage": stages, "error": errors,
+                         "rows": pa.array(rows_out, pa.binary()), "n_images": n_images})
 
 
-def _write_batch(batch: pa.Table, *, db: str, table: str, model_tag: str) -> pa.Table:
+def _write_batch(batch: pa.Table, *, db: str, table: str, tag: str) -> pa.Table:
     """Ray task: upsert the rows of whole records (a live stream's slices stay in one commit), record failures."""
     store = _store(db, table)
     status = batch.column("status").to_pylist()
@@ -137,13 +144,13 @@ def _write_batch(batch: pa.Table, *, db: str, table: str, model_tag: str) -> pa.
             rows.extend(record_rows)
             n_items[i] = len(record_rows)
             status[i] = "done"
-    if rows:
-        store.upsert(pa.Table.from_pylist(rows, schema=store.table.schema))
-    failures = [{"record_key": k, "origin": o, "stage": "extract" if not (e or "").startswith("encode:") else "encode",
-                 "reason": e, "model_tag": model_tag}
-                for k, o, s, e in zip(batch.column("record_key").to_pylist(), batch.column("origin").to_pylist(),
-                                      status, batch.column("error").to_pylist()) if s == "failed"]
-    store.record_errors(failures)
+    write_rows(store, rows)
+    store.record_errors([
+        error_row(k, o, st or "extract", e, tag)
+        for k, o, s, st, e in zip(*(batch.column(c).to_pylist() for c in ("record_key", "origin", "status", "stage",
+                                                                          "error")))
+        if s == "failed"
+    ])
     return pa.table({"status": status, "n_items": n_items, "n_images": batch.column("n_images"),
                      "error": batch.column("error"), "origin": batch.column("origin")})
 
@@ -182,29 +189,21 @@ def embed_ray(
     records_per_task: int = 64,
     chunk_records: int = 50_000,
 ) -> EmbedSummary:
-    """Run the embed job on Ray (local when ``address`` is None). Same table and rows as :func:`cope.job.embed`.
+    """Run the embed job on Ray (local when ``address`` is None). Same table and rows as :func:`cope.job.embed`,
+    heads included.
 
     >>> embed_ray(["catalog.jsonl"], "/shared/cope.lancedb", EmbedConfig(), actors=4, gpus_per_actor=1)  # doctest: +SKIP
     """
     import ray
 
-    from cope.encoders import create_encoder
-
-    db = str(db) if "://" in str(db) else str(Path(db).resolve())
-    paths = [Path(m).resolve() for m in manifests]
-    for p in paths:
-        if not p.exists():
-            raise FileNotFoundError(f"manifest not found: {p}")
-    options = {"pretrained": config.pretrained} if config.pretrained else {}
-    encoder_spec = {"model": config.model, "options": options}
-    probe = create_encoder(config.model, device="cpu", threads=1, **options)  # tag and dim, checked before any work
-    model_tag = f"{probe.model_tag};{config.fusion.tag}"
-    store = ItemStore.open(db, config.table, model_tag=model_tag, dim=probe.dim)
-    store.ensure_table(model_tag, probe.dim, model_spec(config))
-    store.clear_manifest_errors([str(p) for p in paths])
+    db = resolve_db(db)
+    paths = [p.resolve() for p in manifest_paths(manifests)]
+    core = EmbedCore.open(db, config)  # builds the pipeline once here: its tag and dim, checked before any work
+    core.ensure_table()
+    spec_json = core.spec.model_dump_json()
+    transform = pickle.dumps(core.pipeline.encoder.image_transform())
+    core.pipeline = None  # type: ignore[assignment]  # the driver needs no model from here on
     device = config.device if gpus_per_actor == 0 else ("cuda" if config.device == "cpu" else config.device)
-    transform, image_size = pickle.dumps(probe.image_transform()), probe.image_size
-    del probe
 
     if not ray.is_initialized():
         env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_ENV)}
@@ -218,24 +217,12 @@ def embed_ray(
         extract_args = {"ray_remote_args_fn": lambda: {"num_cpus": cpus_per_task}}
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    summary = EmbedSummary(model_tag=model_tag)
-    config_json = config.model_dump_json()
     start = time.perf_counter()
-    rows = itertools.chain.from_iterable(read_manifest(p, config.default_domain) for p in paths)
-    show = config.progress if config.progress is not None else logger.isEnabledFor(logging.INFO)
-    invalid: list[dict] = []
-    with tqdm(unit="rec", desc="embed[ray]", disable=not show, dynamic_ncols=True) as bar:
+    rows = core.manifest_rows(paths)
+    with tqdm(unit="rec", desc="embed[ray]", disable=not core.show_progress(), dynamic_ncols=True) as bar:
         while chunk := list(itertools.islice(rows, chunk_records)):
-            items = []
-            for row in chunk:
-                if row.record is None:
-                    summary.invalid += 1
-                    invalid.append({"record_key": f"manifest:{row.where}", "origin": row.where, "stage": "manifest",
-                                    "reason": row.error or "invalid row", "model_tag": model_tag})
-                    if len(summary.errors) < 20:
-                        summary.errors.append(f"{row.where}: {row.error}")
-                else:
-                    items.append({"record": row.record.model_dump_json(), "origin": row.where})
+            valid = core.valid(chunk)
+            items = [{"record": row.record.model_dump_json(), "origin": row.where} for row in valid]  # type: ignore[union-attr]
             bar.update(len(chunk) - len(items))
             if not items:
                 continue
@@ -244,30 +231,20 @@ def embed_ray(
                 warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*")
                 ds = _pipeline(
                     ray, items, n_blocks, records_per_task, extract_args, actors, cpus_per_actor, gpus_per_actor,
-                    {"db": db, "config_json": config_json, "transform": transform, "image_size": image_size},
-                    {"encoder_spec": encoder_spec, "config_json": config_json, "model_tag": model_tag,
-                     "device": device, "threads": config.threads},
-                    {"db": db, "table": config.table, "model_tag": model_tag},
+                    {"db": db, "table": config.table, "spec_json": spec_json, "transform": transform},
+                    {"spec_json": spec_json, "db": db, "device": device, "threads": config.threads,
+                     "batch_size": config.batch_size, "text_batch_size": config.text_batch_size},
+                    {"db": db, "table": config.table, "tag": core.tag},
                 )
             for out in _stream(ds):
                 for status, n_items, n_images, error, origin in zip(
                     *(out.column(c).to_pylist() for c in ("status", "n_items", "n_images", "error", "origin"))
                 ):
                     if status == "done":
-                        summary.done += 1
-                        summary.items += n_items
-                        summary.images += n_images
+                        core.done(1, n_items, n_images)
                     elif status == "skipped":
-                        summary.skipped += 1
-                    else:
-                        summary.failed += 1
-                        if len(summary.errors) < 20:
-                            summary.errors.append(f"{origin}: {error}")
+                        core.skipped()
+                    else:  # already in the errors table (written by the task)
+                        core.fail("", origin, "extract", error, buffered=False)
                 bar.update(out.num_rows)
-    store = ItemStore.open(db, config.table)
-    store.record_errors(invalid)
-    summary.seconds = time.perf_counter() - start
-    if config.compact and summary.done:
-        store.compact()
-    logger.info("%s", summary)
-    return summary
+    return core.finish(time.perf_counter() - start)

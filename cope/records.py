@@ -7,7 +7,7 @@ Every record has a ``domain`` and the domain's own id. Columns a record does not
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
@@ -202,7 +202,7 @@ class LiveStream(_Record):
         return best[1] if best else None
 
 
-Record = Annotated[Union[ProductPage, ImageRecord, VideoRecord, LiveStream], Field(discriminator="domain")]
+Record = Annotated[ProductPage | ImageRecord | VideoRecord | LiveStream, Field(discriminator="domain")]
 RECORD_ADAPTER: TypeAdapter[Record] = TypeAdapter(Record)
 
 

@@ -10,7 +10,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cope.content import Content, ExtractionError, ExtractOptions
 from cope.records import ImageRecord
-from extractors import register_extractor
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +66,6 @@ def load_image(uri: str, max_pixels: int = 64_000_000, size_hint: int | None = N
         raise ExtractionError(f"{uri}: corrupt or truncated image ({type(e).__name__}: {e})") from None
 
 
-@register_extractor("image")
 def extract_image(record: ImageRecord, options: ExtractOptions) -> list[Content]:
     im = load_image(record.uri, options.max_image_pixels, options.image_size)
     return [

@@ -6,10 +6,9 @@ import math
 from collections import defaultdict
 
 from cope.content import Content, ExtractionError, ExtractOptions
+from cope.extractors.image import load_image
+from cope.extractors.video import probe_av, read_video_frames
 from cope.records import LiveStream, slice_item_id
-from extractors import register_extractor
-from extractors.image import load_image
-from extractors.video import probe_av, read_video_frames
 
 
 def _slice_metadata(record: LiveStream, start: float, end: float) -> dict:
@@ -69,6 +68,5 @@ def _from_recording(record: LiveStream, options: ExtractOptions) -> list[Content
     return [_slice_content(record, s, e, frames[i * k : (i + 1) * k], record.recording) for i, (s, e) in enumerate(bounds)]
 
 
-@register_extractor("live")
 def extract_live(record: LiveStream, options: ExtractOptions) -> list[Content]:
     return _from_snapshots(record, options) if record.snapshots is not None else _from_recording(record, options)

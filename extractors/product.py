@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from cope.content import Content, ExtractOptions
+from cope.extractors.image import load_image
 from cope.records import ProductPage
-from extractors import register_extractor
-from extractors.image import load_image
 
 
 def product_text(record: ProductPage) -> str:
@@ -15,7 +14,6 @@ def product_text(record: ProductPage) -> str:
     return "\n".join(p for p in parts if p)
 
 
-@register_extractor("product")
 def extract_product(record: ProductPage, options: ExtractOptions) -> list[Content]:
     images = [
         load_image(uri, options.max_image_pixels, options.image_size)

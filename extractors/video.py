@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from PIL import Image
 
 from cope.content import Content, ExtractionError, ExtractOptions
+from cope.extractors.image import _check_local
 from cope.records import VideoRecord
-from extractors import register_extractor
-from extractors.image import _check_local
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +150,6 @@ def read_video_frames(
     raise ExtractionError(f"{uri}: undecodable video ({'; '.join(errors)})")
 
 
-@register_extractor("video")
 def extract_video(record: VideoRecord, options: ExtractOptions) -> list[Content]:
     frames, info = read_video_frames(
         record.uri, count=record.num_frames or options.frames_per_video, short_side=options.image_size,

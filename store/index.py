@@ -7,8 +7,8 @@ reach the recall goal (``nprobes``, ``refine_factor``, ``ef``) are written into 
 found at once (LanceDB searches unindexed rows exactly and merges); :func:`optimize` folds them into the index
 without retraining and deletes old table versions.
 
->>> from store import ItemStore
->>> from store.index import build_index, index_report, optimize
+>>> from cope.store import ItemStore
+>>> from cope.store.index import build_index, index_report, optimize
 >>> store = ItemStore.open("./cope.lancedb")  # doctest: +SKIP
 >>> build_index(store)  # doctest: +SKIP
 >>> print(index_report(store))  # doctest: +SKIP
@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from store.schema import VECTOR_COLUMNS
+from cope.store.schema import VECTOR_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -326,7 +326,7 @@ def build_index(
     ``index_type="auto"``: no vector index below ``exact_below`` rows (an existing one is dropped, so searches are
     exact), IVF above it with partitions from the row count. ``scalar`` adds the bitmap/btree indexes used by filters.
 
-    >>> from store.index import build_index
+    >>> from cope.store.index import build_index
     >>> report = build_index(store, index_type="auto")  # doctest: +SKIP
     >>> print(report)  # doctest: +SKIP
     """
@@ -373,7 +373,7 @@ def optimize(target: Any, *, cleanup_older_than: dt.timedelta | None = DEFAULT_K
     """Fold rows added since the last build into the existing indexes (no retraining), merge small fragments and
     delete table versions older than ``cleanup_older_than`` (``None`` keeps every version).
 
-    >>> from store.index import optimize
+    >>> from cope.store.index import optimize
     >>> print(optimize(store))  # doctest: +SKIP
     """
     table = _table(target)

@@ -3,32 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import lancedb
 import pyarrow as pa
 
-from store.schema import ERROR_SCHEMA, META_DIM, META_MODEL_SPEC, META_MODEL_TAG, item_schema
+from cope.errors import InputNotFoundError, StoreMismatchError
+from cope.sql import sql_in, sql_str
+from cope.store.schema import ERROR_SCHEMA, META_DIM, META_MODEL_TAG, item_schema
 
 logger = logging.getLogger(__name__)
-
-
-class StoreMismatchError(ValueError):
-    """The table holds vectors of another model (or dimension) than the one in use."""
-
-
-def sql_str(value: str) -> str:
-    """A SQL string literal with quotes escaped: the only way cope puts values into a where-clause."""
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def sql_in(column: str, values: Iterable[str]) -> str:
-    return f"{column} IN ({', '.join(sql_str(v) for v in values)})"
 
 
 def now_utc() -> dt.datetime:
@@ -60,6 +48,11 @@ class ItemStore:
             Path(uri).mkdir(parents=True, exist_ok=True)
         db = lancedb.connect(uri)
         tbl = db.open_table(table) if table in _table_names(db) else None
+        if tbl is not None and not {"item_id", "vector", "record_key"} <= set(tbl.schema.names):
+            raise StoreMismatchError(
+                f"table {table!r} in {uri} is not a cope item table (it has columns {tbl.schema.names[:8]}); "
+                "pass the name of a table written by `cope embed` with --table"
+            )
         store = cls(db, uri, table, tbl)
         if tbl is not None and (model_tag is not None or dim is not None):
             store.check_model(model_tag, dim)
@@ -72,7 +65,7 @@ class ItemStore:
     @property
     def table(self) -> lancedb.table.Table:
         if self._table is None:
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"no table {self.name!r} in {self.uri}; run `cope embed MANIFEST --db {self.uri}` first"
             )
         return self._table
@@ -91,11 +84,11 @@ class ItemStore:
         return int(raw) if raw else None
 
     @property
-    def model_spec(self) -> dict:
-        """How the table's encoder was built: ``{"model": ..., "pretrained": ..., "fusion": {...}}`` (may be empty)."""
+    def metadata(self) -> dict[bytes, bytes]:
+        """The table's schema metadata (model tag, dim and the pipeline spec that made its vectors)."""
         if self._table is None:
             return {}
-        return json.loads((self._table.schema.metadata or {}).get(META_MODEL_SPEC, b"{}") or b"{}")
+        return dict(self._table.schema.metadata or {})
 
     def check_model(self, model_tag: str | None, dim: int | None) -> None:
         if self._table is None:
@@ -107,9 +100,12 @@ class ItemStore:
                 "or another --db."
             )
 
-    def ensure_table(self, model_tag: str, dim: int, model_spec: dict | None = None) -> lancedb.table.Table:
+    def ensure_table(
+        self, model_tag: str, dim: int, metadata: Mapping[bytes, bytes] | None = None
+    ) -> lancedb.table.Table:
+        """Create the table for vectors of ``model_tag`` (``metadata``: the pipeline spec) or check it holds them."""
         if self._table is None:
-            schema = item_schema(dim, model_tag, json.dumps(model_spec or {}))
+            schema = item_schema(dim, model_tag, metadata)
             self._table = self.db.create_table(self.name, schema=schema, exist_ok=True)
             logger.info("created table %r in %s for %s (dim %d)", self.name, self.uri, model_tag, dim)
         self.check_model(model_tag, dim)

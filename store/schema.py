@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pyarrow as pa
 
 SCHEMA_VERSION = "1"
 META_MODEL_TAG = b"cope.model_tag"
 META_DIM = b"cope.dim"
 META_VERSION = b"cope.schema_version"
-META_MODEL_SPEC = b"cope.model_spec"  # JSON: how to rebuild the encoder (model name, pretrained, fusion weights)
+META_PIPELINE = b"cope.pipeline"  # JSON: the pipeline spec (cope.pipeline.PipelineSpec) that made the vectors
+META_LEGACY_SPEC = b"cope.model_spec"  # tables written before the pipeline spec: {"model", "pretrained", "fusion"}
 
 VECTOR_COLUMNS = ("vector", "image_vector", "text_vector")
 
 
-def item_schema(dim: int, model_tag: str, model_spec: str = "{}") -> pa.Schema:
+def item_schema(dim: int, model_tag: str, metadata: Mapping[bytes, bytes] | None = None) -> pa.Schema:
+    """The item table's schema; ``metadata`` adds entries (the pipeline spec) to the model tag, dim and version."""
     vec = pa.list_(pa.float32(), dim)
     return pa.schema(
         [
@@ -39,10 +43,10 @@ def item_schema(dim: int, model_tag: str, model_spec: str = "{}") -> pa.Schema:
             pa.field("updated_at", pa.timestamp("us", tz="UTC"), nullable=False),
         ],
         metadata={
+            **dict(metadata or {}),
             META_MODEL_TAG: model_tag.encode(),
             META_DIM: str(dim).encode(),
             META_VERSION: SCHEMA_VERSION.encode(),
-            META_MODEL_SPEC: model_spec.encode(),
         },
     )
 

@@ -59,10 +59,10 @@ def brute_force(catalog: pa.Table, query: np.ndarray, k: int, mask: np.ndarray |
 
 def test_open_is_lazy_and_reports_model(db) -> None:
     assert db.model_tag.startswith("open_clip/cope-tiny-16/") and db.dim == 16
-    assert db._encoder is None
+    assert db._pipeline is None
     db.similar("product:p000", k=3)
     db.search(np.ones(16, np.float32), k=3)
-    assert db._encoder is None, "vector queries and item lookups must not load the model"
+    assert db._pipeline is None, "vector queries and item lookups must not load the model"
 
 
 def test_open_missing_folder_says_what_to_do(tmp_path: Path) -> None:
@@ -156,7 +156,7 @@ def test_batch_forms_encode_once_and_match_single_calls(db, demo_catalog: Path, 
     queries = ["red ball", "green box", media / "p000_photo.jpg", media / "p001_main.jpg", media / "p003_video.mp4"]
     enc = db.encoder
     calls = {"texts": 0, "images": 0}
-    real_texts, real_images = enc.encode_texts, enc.encode_images
+    real_texts, real_images = enc.encode_texts, enc.encode_image_tensors
 
     def count_texts(*a, **kw):
         calls["texts"] += 1
@@ -167,7 +167,7 @@ def test_batch_forms_encode_once_and_match_single_calls(db, demo_catalog: Path, 
         return real_images(*a, **kw)
 
     monkeypatch.setattr(enc, "encode_texts", count_texts)
-    monkeypatch.setattr(enc, "encode_images", count_images)
+    monkeypatch.setattr(enc, "encode_image_tensors", count_images)
     batch = db.search_many(queries, k=4, domains=["product", "video"])
     assert calls == {"texts": 1, "images": 1}, "texts in one batch, images and video frames in another"
     assert len(batch) == len(queries)
@@ -285,7 +285,7 @@ def test_hostile_domain_is_rejected_by_type(db) -> None:
 def test_hostile_values_match_exactly_when_stored(demo_db: Path, tmp_path: Path) -> None:
     """Rows whose ids and metadata hold quotes, SQL and unicode are found by exactly those values, and only them."""
     from cope.api import open_db
-    from store import ItemStore
+    from cope.store import ItemStore
 
     copy = tmp_path / "copy.lancedb"
     shutil.copytree(demo_db, copy)
@@ -321,7 +321,7 @@ def test_encoder_of_another_model_is_refused(demo_db: Path) -> None:
     from cope.encoders.open_clip_encoder import OpenClipEncoder
 
     other = OpenClipEncoder("cope-tiny-16", pretrained=None, seed=1)  # same architecture, other weights
-    with pytest.raises(ModelMismatchError, match="not be comparable"):
+    with pytest.raises(ModelMismatchError, match="vectors were made by"):
         open_db(demo_db, encoder=other)
     same = OpenClipEncoder("cope-tiny-16", pretrained=None, seed=0)
     db = open_db(demo_db, encoder=same)
@@ -341,14 +341,15 @@ def test_rebuilt_model_is_verified_against_the_tag(demo_db: Path, monkeypatch) -
         db.search("red ball")
 
 
-def test_table_without_model_spec_asks_for_an_encoder(demo_db: Path, monkeypatch) -> None:
+def test_table_without_pipeline_spec_is_searched_by_vectors(demo_db: Path, monkeypatch) -> None:
     from cope.api import ModelMismatchError, open_db
-    from store import ItemStore
+    from cope.store import ItemStore
 
+    monkeypatch.setattr(ItemStore, "metadata", property(lambda self: {}))
     db = open_db(demo_db)
-    monkeypatch.setattr(ItemStore, "model_spec", property(lambda self: {}))
-    with pytest.raises(ModelMismatchError, match="encoder="):
+    with pytest.raises(ModelMismatchError, match="search it with vectors"):
         db.search("red ball")
+    assert db.search(db.vectors("product:p000")[0], k=1).ids == ["product:p000"]
 
 
 def test_result_columns_can_be_narrowed(db) -> None:

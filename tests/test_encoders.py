@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from cope.encoders import create_encoder, l2_normalize
-from cope.fusion import FusionConfig, fuse, mean_vector
+from cope.fusion import FusionConfig, fuse
+from cope.vectors import mean_vector
 from tests.conftest import TINY_MODEL
 
 

@@ -8,8 +8,8 @@ import pyarrow as pa
 
 from cope.cli import main
 from cope.eval_table import evaluate_table
-from store import ItemStore
-from store.item_store import now_utc
+from cope.store import ItemStore
+from cope.store.item_store import now_utc
 
 
 def _write(db: Path, rows: list[tuple[str, str, str | None, list[float]]]) -> None:

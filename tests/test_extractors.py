@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import extractors
+from cope import extractors
 from cope.content import ExtractionError, ExtractOptions
+from cope.extractors.image import load_image
+from cope.extractors.video import read_video_frames, segment_centres
 from cope.records import ImageRecord, LiveStream, ProductPage, VideoRecord
-from extractors.image import load_image
-from extractors.video import read_video_frames, segment_centres
 from tests.media import corrupt_file, exif_rotated_jpeg, make_video, save_image
 
 
@@ -93,7 +93,7 @@ def test_decoders_agree_on_frame_content(tmp_path: Path) -> None:
 
 
 def test_pyav_fallback_when_decord_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import extractors.video as video
+    from cope.extractors import video
 
     def broken(*args, **kwargs):
         raise RuntimeError("decord exploded")

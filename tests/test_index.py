@@ -20,7 +20,7 @@ DOMAINS = ["product", "image", "video", "live"]
 
 def synthetic_rows(n: int, start: int = 0, seed: int = 0) -> pa.Table:
     """Item rows with clustered unit vectors (no model involved)."""
-    from store.schema import item_schema
+    from cope.store.schema import item_schema
 
     rng = np.random.default_rng(seed)
     centres = np.random.default_rng(99).standard_normal((20, DIM)).astype(np.float32)
@@ -43,7 +43,7 @@ def synthetic_rows(n: int, start: int = 0, seed: int = 0) -> pa.Table:
 
 @pytest.fixture(scope="module")
 def synthetic_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from store import ItemStore
+    from cope.store import ItemStore
 
     path = tmp_path_factory.mktemp("index") / "db.lancedb"
     store = ItemStore.open(path)
@@ -57,7 +57,7 @@ def store(synthetic_db: Path, tmp_path: Path):
     """A private copy of the synthetic table for each test."""
     import shutil
 
-    from store import ItemStore
+    from cope.store import ItemStore
 
     copy = tmp_path / "db.lancedb"
     shutil.copytree(synthetic_db, copy)
@@ -65,7 +65,7 @@ def store(synthetic_db: Path, tmp_path: Path):
 
 
 def test_plan_by_size_and_dimension() -> None:
-    from store.index import EXACT_BELOW, plan_index
+    from cope.store.index import EXACT_BELOW, plan_index
 
     small = plan_index(EXACT_BELOW - 1, 512)
     assert small.index_type is None and "exact" in small.reason
@@ -83,7 +83,7 @@ def test_plan_by_size_and_dimension() -> None:
 
 
 def test_small_table_gets_scalar_indexes_and_exact_search(store) -> None:
-    from store.index import build_index
+    from cope.store.index import build_index
 
     report = build_index(store)  # 3000 rows < EXACT_BELOW
     assert report.vector_index("vector") is None and "vector" in report.exact_columns
@@ -95,7 +95,7 @@ def test_small_table_gets_scalar_indexes_and_exact_search(store) -> None:
 @pytest.mark.parametrize("kind", ["IVF_FLAT", "IVF_SQ", "IVF_HNSW_SQ"])
 def test_ivf_index_search_params_and_true_cosine_scores(store, kind: str) -> None:
     from cope.api import CopeDB
-    from store.index import build_index, search_params
+    from cope.store.index import build_index, search_params
 
     report = build_index(store, exact_below=1000, index_type=kind)
     vec = report.vector_index("vector")
@@ -116,7 +116,7 @@ def test_ivf_index_search_params_and_true_cosine_scores(store, kind: str) -> Non
 
 def test_new_rows_are_searchable_at_once_then_folded_in_by_optimize(store) -> None:
     from cope.api import CopeDB
-    from store.index import build_index, index_report, optimize, plan_index
+    from cope.store.index import build_index, index_report, optimize, plan_index
 
     build_index(store, exact_below=1000, index_type="IVF_FLAT")
     new = synthetic_rows(30, start=ROWS, seed=5)
@@ -149,7 +149,7 @@ def _partitions(store) -> int:
 
 
 def test_auto_below_threshold_drops_a_stale_index(store) -> None:
-    from store.index import build_index
+    from cope.store.index import build_index
 
     build_index(store, exact_below=1000, index_type="IVF_FLAT")
     report = build_index(store, exact_below=10_000)
@@ -157,7 +157,7 @@ def test_auto_below_threshold_drops_a_stale_index(store) -> None:
 
 
 def test_per_modality_columns_can_be_indexed(store) -> None:
-    from store.index import build_index
+    from cope.store.index import build_index
 
     report = build_index(store, columns=["vector", "image_vector"], exact_below=1000, scalar=False)
     assert report.vector_index("image_vector") is not None and report.vector_index("text_vector") is None
@@ -197,8 +197,8 @@ def test_index_and_stats_commands(store, capsys) -> None:
     assert _run(["index", "--db", db, "--optimize", "--keep-minutes", "0", "--nprobes", "33"]) == 0
     out = capsys.readouterr().out
     assert "unindexed 10" in out.split("after optimize")[0] and "nprobes=33" in out
-    from store import ItemStore
-    from store.index import search_params
+    from cope.store import ItemStore
+    from cope.store.index import search_params
 
     assert search_params(ItemStore.open(db), "vector").nprobes == 33
     assert _run(["stats", "--db", db, "--json"]) == 0

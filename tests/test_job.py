@@ -10,7 +10,7 @@ import pytest
 from cope.cli import main
 from cope.encoders import create_encoder
 from cope.job import EXIT_SOME_FAILED, embed
-from store import ItemStore, StoreMismatchError
+from cope.store import ItemStore, StoreMismatchError
 from tests.conftest import TINY_MODEL
 from tests.media import corrupt_file, make_video, save_image
 
@@ -62,7 +62,10 @@ def test_demo_catalog_end_to_end(tiny_encoder, demo_catalog: Path, tmp_path: Pat
     assert video["n_images"] == 8 and json.loads(video["metadata"])["product_key"] == "p000"
     store = ItemStore.open(db)
     assert store.dim == 16 and store.model_tag == f"{tiny_encoder.model_tag};fusion=image:0.5,text:0.5"
-    assert store.model_spec["fusion"] == {"image_weight": 0.5, "text_weight": 0.5}
+    from cope.pipeline import PipelineSpec
+
+    spec = PipelineSpec.from_metadata(store.metadata)
+    assert spec is not None and spec.fusion.image_weight == 0.5 and spec.tag == store.model_tag
 
     # a second run on the unchanged catalog does no model work and writes nothing
     version = store.table.version
@@ -78,7 +81,7 @@ def test_vectors_match_a_direct_encoding(tiny_encoder, tmp_path: Path) -> None:
                                                   "text": "red ball"}) + "\n")
     embed(tmp_path / "m.jsonl", tmp_path / "db", encoder=tiny_encoder, fusion={"image_weight": 1, "text_weight": 0})
     (row,) = _rows(tmp_path / "db")
-    from extractors.image import load_image
+    from cope.extractors.image import load_image
 
     direct = tiny_encoder.encode_images([load_image(str(img), size_hint=tiny_encoder.image_size)])[0]
     np.testing.assert_allclose(row["image_vector"], direct, atol=1e-5)

@@ -351,7 +351,7 @@ def test_demo_catalog_end_to_end(tmp_path):
     pytest.importorskip("open_clip")
     from cope.demo import make_demo_catalog
     from cope.job import embed
-    from store import ItemStore
+    from cope.store import ItemStore
 
     manifest = make_demo_catalog(tmp_path / "cat", n_products=4)
     embed(manifest, tmp_path / "db", model="open_clip:cope-tiny-16", progress=False)

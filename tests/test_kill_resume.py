@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from store import ItemStore
+from cope.store import ItemStore
 from tests.conftest import TINY_MODEL
 from tests.media import save_image
 
@@ -20,7 +20,7 @@ N = 60
 
 # Test-only slowdown so the kill lands mid-run: every upsert sleeps after committing (the code path is the real one).
 _SLOW = """
-import time, store.item_store as s
+import time, cope.store.item_store as s
 _real = s.ItemStore.upsert
 def upsert(self, rows):
     _real(self, rows)

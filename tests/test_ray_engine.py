@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cope.job import EmbedConfig, embed
-from store import ItemStore
+from cope.store import ItemStore
 from tests.conftest import TINY_MODEL
 from tests.media import corrupt_file
 

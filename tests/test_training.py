@@ -15,6 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from cope.store import ItemStore
+from cope.store.item_store import StoreMismatchError
 from cope.training import (
     CopeHeads,
     HeadsConfig,
@@ -33,9 +35,8 @@ from cope.training import (
     reproject,
     split_products,
 )
+from cope.pipeline import PipelineSpec
 from cope.training.synthetic import SYNTHETIC_TAG, make_synthetic_store
-from store import ItemStore
-from store.item_store import StoreMismatchError
 
 FAST = {"dim": 32, "lr": 1e-3, "epochs": 60, "patience": 15, "threads": 1, "progress": False}
 
@@ -219,7 +220,7 @@ def test_reproject_writes_a_new_table_with_its_own_tag(synth_db: Path, checkpoin
     src, dst = ItemStore.open(synth_db), ItemStore.open(synth_db, "items_cope")
     assert summary.rows == src.count() == dst.count()
     assert dst.model_tag == f"{SYNTHETIC_TAG};heads={trained.heads.fingerprint}" and dst.dim == 32
-    assert dst.model_spec["heads"]["fingerprint"] == trained.heads.fingerprint
+    assert PipelineSpec.from_metadata(dst.metadata) is None  # the synthetic source records no pipeline
     rows = dst.read(["item_id", "vector", "image_vector", "text_vector", "model_tag"]).to_pylist()
     by_id = {r["item_id"]: r for r in rows}
     data = load_item_vectors(src)

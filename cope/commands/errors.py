@@ -13,7 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from store import ItemStore
+    from cope.store import ItemStore
 
     errors = ItemStore.open(args.db, args.table).errors().sort_by("origin").to_pylist()
     for e in errors:

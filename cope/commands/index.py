@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from store.index import EXACT_BELOW, VECTOR_INDEX_TYPES
+from cope.store.index import EXACT_BELOW, VECTOR_INDEX_TYPES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,8 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import datetime as dt
 
-    from store import ItemStore
-    from store.index import (
+    from cope.store import ItemStore
+    from cope.store.index import (
         SearchParams,
         build_index,
         index_report,

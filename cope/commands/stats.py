@@ -19,11 +19,14 @@ def table_stats(db: str, table: str = "items") -> dict[str, Any]:
     """The numbers ``cope stats`` prints, as a dict."""
     from collections import Counter
 
-    from store import ItemStore
-    from store.index import disk_size, index_report
+    from cope.store import ItemStore
+    from cope.store.index import disk_size, index_report
+
+    from cope.pipeline import PipelineSpec
 
     store = ItemStore.open(db, table)
     tbl = store.table
+    spec = PipelineSpec.from_metadata(store.metadata)
     domains = Counter(store.read(["domain"]).column("domain").to_pylist())
     report = index_report(tbl)
     errors = store.errors().num_rows
@@ -34,7 +37,7 @@ def table_stats(db: str, table: str = "items") -> dict[str, Any]:
         "rows_per_domain": dict(sorted(domains.items())),
         "model_tag": store.model_tag,
         "dim": store.dim,
-        "model_spec": store.model_spec,
+        "pipeline": spec.model_dump(mode="json") if spec is not None else None,
         "version": tbl.version,
         "disk_bytes": disk_size(store.uri, store.name),
         "failed_records": errors,
@@ -55,8 +58,8 @@ def _size(n: int | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from store import ItemStore
-    from store.index import index_report
+    from cope.store import ItemStore
+    from cope.store.index import index_report
 
     s = table_stats(args.db, args.table)
     if args.json:

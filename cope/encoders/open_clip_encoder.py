@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -13,22 +12,19 @@ import numpy as np
 
 from cope._torchvision_fix import ensure_torchvision_importable
 from cope.encoders.base import Encoder, l2_normalize
-from cope.encoders.registry import register_encoder
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+from cope.hashing import sha256_files
+
 logger = logging.getLogger(__name__)
 
 
-def file_fingerprint(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
-    """sha256 of a file's bytes, first 16 hex digits."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()[:16]
+def file_fingerprint(path: str | os.PathLike[str]) -> str:
+    """sha256 of a weights file's bytes, first 16 hex digits."""
+    return sha256_files([path])[:16]
 
 
 _CONFIGS_ADDED = False
@@ -123,7 +119,7 @@ class OpenClipEncoder(Encoder):
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self._preprocess(image)
 
-    def image_transform(self):  # noqa: ANN201 - a torchvision Compose
+    def image_transform(self):
         return self._preprocess
 
     def encode_image_tensors(self, batch: torch.Tensor) -> np.ndarray:
@@ -144,6 +140,5 @@ class OpenClipEncoder(Encoder):
         return l2_normalize(np.concatenate(out, axis=0))
 
 
-@register_encoder("open_clip")
-def _create_open_clip(arch: str = "ViT-S-32", pretrained: str | None = None, **options: object) -> Encoder:
+def create_open_clip(arch: str = "ViT-S-32", pretrained: str | None = None, **options: object) -> Encoder:
     return OpenClipEncoder(arch, pretrained, **options)  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-DOMAINS = ("product", "image", "video", "live")
+from cope.records import DOMAINS
 
 #: Column names tried in order when the log does not name a column explicitly (matched case-insensitively).
 DEFAULT_CANDIDATES: dict[str, tuple[str, ...]] = {

@@ -21,8 +21,9 @@ import pyarrow.compute as pc
 
 from cope.join.join import open_store
 from cope.join.links import _matrix
-from cope.join.profiles import normalise_rows, recency_pairs_sql, register_vectors, weighted_sums
+from cope.join.profiles import recency_pairs_sql, register_vectors, weighted_sums
 from cope.join.sql import arrow_table, connect, lit
+from cope.vectors import l2_normalize
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def next_product_hit_rate(events: str | Path, db: str | Path, *, k: int = 10, ta
         targets = arrow_table(con, "SELECT user_id, target FROM targets ORDER BY user_id")
         products = store.read(["source_id", vector_column], "domain = 'product'").sort_by("source_id")
         keys = products.column("source_id").combine_chunks()
-        pmat = normalise_rows(_matrix(products.column(vector_column))).T.copy()
+        pmat = l2_normalize(_matrix(products.column(vector_column))).T.copy()
         target_idx = pc.index_in(targets.column("target"), value_set=keys).to_numpy(zero_copy_only=False)
         target_idx = target_idx.astype(np.float64)  # NaN: a target product without a vector (always a miss)
         per_chunk = max(1, (64 << 20) // max(pmat.shape[1], 1))  # score at most 64M user x product cells at once
@@ -83,7 +84,7 @@ def next_product_hit_rate(events: str | Path, db: str | Path, *, k: int = 10, ta
             for users, sums, _, _ in weighted_sums(con, pairs, matrix):
                 pos = pc.index_in(users.cast(pa.string()), value_set=target_users).to_numpy(zero_copy_only=False)
                 pos = pos.astype(np.int64)
-                profiles = normalise_rows(sums)
+                profiles = l2_normalize(sums)
                 for a in range(0, len(pos), per_chunk):
                     scores = profiles[a:a + per_chunk] @ pmat
                     kk = min(k, scores.shape[1])

@@ -32,7 +32,7 @@ from cope.join.report import JoinReport, UserStats, build_report
 from cope.join.sequences import SequenceBuilder
 from cope.join.sql import arrow_reader, arrow_table, connect, copy_to_parquet, lit
 from cope.join.writers import BackgroundParquetWriter
-from store import ItemStore
+from cope.store import ItemStore
 
 logger = logging.getLogger(__name__)
 

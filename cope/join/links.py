@@ -16,8 +16,9 @@ import pyarrow.compute as pc
 from cope.join.config import JoinConfig
 from cope.join.events import expand_inputs
 from cope.join.sql import arrow_table, columns_of, ident, lit
-from store import ItemStore
-from store.item_store import sql_in
+from cope.store import ItemStore
+from cope.store.item_store import sql_in
+from cope.vectors import l2_normalize, to_numpy
 
 logger = logging.getLogger(__name__)
 
@@ -117,14 +118,7 @@ def create_item_keys(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _matrix(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    dim = arr.type.list_size
-    return np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
-
-
-def _normalise(m: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(m, axis=1, keepdims=True)
-    return m / np.maximum(norms, 1e-12)
+    return to_numpy(col, col.type.list_size)
 
 
 def nearest_products(store: ItemStore, item_ids: Sequence[str] | pa.Array, *, threshold: float,
@@ -146,11 +140,11 @@ def nearest_products(store: ItemStore, item_ids: Sequence[str] | pa.Array, *, th
         return CONTENT_LINK_SCHEMA.empty_table()
     products = products.sort_by("source_id")  # ties go to the smaller product id
     keys = products.column("source_id").combine_chunks()
-    pmat = _normalise(_matrix(products.column(vector_column))).T.copy()  # dim x products
+    pmat = l2_normalize(_matrix(products.column(vector_column))).T.copy()  # dim x products
     per_chunk = max(1, chunk_bytes // (4 * pmat.shape[1]))
     out: list[pa.Table] = []
     for batch in _item_vectors(store, ids, vector_column):
-        q = _normalise(_matrix(batch.column(vector_column)))
+        q = l2_normalize(_matrix(batch.column(vector_column)))
         for start in range(0, len(q), per_chunk):
             sims = q[start:start + per_chunk] @ pmat
             best = sims.argmax(axis=1)

@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 from cope.join.links import read_item_vectors
 from cope.join.sql import arrow_reader, arrow_table
 from cope.join.writers import BackgroundParquetWriter
-from store import ItemStore
+from cope.store import ItemStore
+from cope.vectors import l2_normalize, to_fixed_list
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +58,6 @@ def weighted_sums(con: duckdb.DuckDBPyConnection, pairs_sql: str, matrix: np.nda
         w = flat.field("w").to_numpy().astype(np.float32)
         sums = np.add.reduceat(matrix[idx] * w[:, None], offsets[:-1] - offsets[0], axis=0)
         yield batch.column("user_id"), sums, np.diff(offsets), batch.column("w_sum").to_numpy()
-
-
-def normalise_rows(m: np.ndarray) -> np.ndarray:
-    return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
 
 
 def recency_pairs_sql(events_sql: str, half_life_hours: float) -> str:
@@ -126,10 +123,10 @@ def write_profiles(events_path: str | Path, store: ItemStore, out_path: str | Pa
                 part = matrix[idx[a:b]] * w[a:b, None].astype(np.float32)
                 sums[g:g_end] = np.add.reduceat(part, starts[g:g_end] - a, axis=0)
                 g = g_end
-            vec = normalise_rows(sums).astype(np.float32)
+            vec = l2_normalize(sums).astype(np.float32)
             writer.write(pa.table({
                 "user_id": users.take(pa.array(starts[:done])).cast(pa.string()),
-                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vec.ravel()), dim),
+                "vector": to_fixed_list(vec, dim),
                 "n_events": pa.array(lengths, pa.int64()),
                 "weight_sum": pa.array(np.add.reduceat(w, starts[:done]), pa.float64()),
                 "model_tag": pa.array([model_tag] * done, pa.string())}, schema=schema))

@@ -10,10 +10,9 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from cope.sql import sql_str
 
-def lit(value: str) -> str:
-    """A SQL string literal with quotes escaped."""
-    return "'" + str(value).replace("'", "''") + "'"
+lit = sql_str  # a SQL string literal with quotes escaped
 
 
 def ident(name: str) -> str:

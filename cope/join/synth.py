@@ -20,7 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from store import ItemStore
+from cope.records import DOMAINS
+from cope.store import ItemStore
+from cope.vectors import l2_normalize, to_fixed_list
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +82,6 @@ def _ids(prefix: str, n: int, width: int = 7) -> pa.Array:
     return pa.array([f"{prefix}{i:0{width}d}" for i in range(n)], pa.string())
 
 
-def _unit(m: np.ndarray) -> np.ndarray:
-    return (m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-
 def write_synthetic_store(db: str | Path, *, n_products: int = 200, videos_per_product: int = 2,
                           images_per_product: int = 1, n_lives: int = 4, slices_per_live: int = 12,
                           slice_seconds: float = 30.0, dim: int = 32, n_categories: int = 10,
@@ -95,9 +93,9 @@ def write_synthetic_store(db: str | Path, *, n_products: int = 200, videos_per_p
     from its product (both as the norm of a random offset). Rows go in with ``table.add`` in big Arrow batches.
     """
     rng = np.random.default_rng(seed)
-    centres = _unit(rng.standard_normal((n_categories, dim), dtype=np.float32))
+    centres = l2_normalize(rng.standard_normal((n_categories, dim), dtype=np.float32))
     category = rng.integers(0, n_categories, n_products)
-    products = _unit(centres[category] + spread * rng.standard_normal((n_products, dim), dtype=np.float32)
+    products = l2_normalize(centres[category] + spread * rng.standard_normal((n_products, dim), dtype=np.float32)
                      / np.sqrt(dim))
     image_product = np.repeat(np.arange(n_products), images_per_product)
     video_product = np.repeat(np.arange(n_products), videos_per_product)
@@ -123,7 +121,7 @@ def write_synthetic_store(db: str | Path, *, n_products: int = 200, videos_per_p
         slice_item_ids=slice_item_ids, n_categories=n_categories, dim=dim, model_tag=model_tag)
 
     store = ItemStore.open(db, table)
-    tbl = store.ensure_table(model_tag, dim, {"model": "synthetic", "seed": seed})
+    tbl = store.ensure_table(model_tag, dim)  # synthetic vectors: no pipeline made them
     schema = tbl.schema
     blocks = [
         ("product", cat.product_ids, cat.product_ids, np.arange(n_products), None, None, 0.0),
@@ -137,7 +135,7 @@ def write_synthetic_store(db: str | Path, *, n_products: int = 200, videos_per_p
             p = prod[start:stop]
             vec = products[p]
             if sigma:
-                vec = _unit(vec + sigma * rng.standard_normal(vec.shape, dtype=np.float32) / np.sqrt(dim))
+                vec = l2_normalize(vec + sigma * rng.standard_normal(vec.shape, dtype=np.float32) / np.sqrt(dim))
             item_ids = (item_src.slice(start, stop - start) if domain == "live" else
                         pc.binary_join_element_wise(domain, source_ids.slice(start, stop - start), ":"))
             keys = cat.product_ids.take(pa.array(p))
@@ -150,7 +148,7 @@ def write_synthetic_store(db: str | Path, *, n_products: int = 200, videos_per_p
 def _rows(schema: pa.Schema, domain: str, item_ids: pa.Array, source_ids: pa.Array, vec: np.ndarray,
           product_keys: pa.Array, model_tag: str, s0: np.ndarray | None, s1: np.ndarray | None) -> pa.Table:
     n, dim = vec.shape
-    vectors = pa.FixedSizeListArray.from_arrays(pa.array(vec.ravel(), pa.float32()), dim)
+    vectors = to_fixed_list(vec, dim)
     meta = pc.binary_join_element_wise('{"product_key": "', product_keys, '"}', "")
     record_keys = pc.binary_join_element_wise(domain, source_ids, ":")
     return pa.table({
@@ -176,11 +174,11 @@ def write_items(db: str | Path, items: list[dict], *, dim: int, table: str = "it
     from cope.records import slice_item_id
 
     store = ItemStore.open(db, table)
-    schema = store.ensure_table(model_tag, dim, {"model": "hand-made"}).schema
+    schema = store.ensure_table(model_tag, dim).schema
     rows = []
     for it in items:
         d, sid = it["domain"], it["source_id"]
-        vec = _unit(np.asarray(it["vector"], np.float32).reshape(1, dim))
+        vec = l2_normalize(np.asarray(it["vector"], np.float32).reshape(1, dim))
         item_id = slice_item_id(sid, it["slice_start"], it["slice_end"]) if d == "live" else f"{d}:{sid}"
         rows.append(_rows(schema, d, pa.array([item_id]), pa.array([sid]), vec,
                           pa.array([it.get("product_key", "")]), model_tag,
@@ -223,7 +221,7 @@ def make_event_log(cat: SyntheticCatalog, *, n_events: int, n_users: int, seed: 
     """
     rng = np.random.default_rng(seed)
     mix = mix or {"video": 0.45, "live": 0.2, "image": 0.15, "product": 0.2}
-    doms = ("product", "image", "video", "live")
+    doms = DOMAINS
     probs = np.array([mix.get(d, 0.0) for d in doms])
     n = int(n_events)
     user = np.floor(n_users * rng.random(n) ** 1.5).astype(np.int64)  # some users far more active

@@ -12,14 +12,14 @@ Importing this package imports torch.
 
 from __future__ import annotations
 
-from cope.training.checkpoint import (
+from cope.heads.checkpoint import (
     HeadsMismatchError,
     heads_model_tag,
     load_heads,
     read_heads_config,
     save_heads,
 )
-from cope.training.heads import CopeHeads, HeadsConfig
+from cope.heads.model import CopeHeads, HeadsConfig
 from cope.training.losses import CosFaceLoss, multi_domain_info_nce
 from cope.training.pairs import (
     ItemVectors,

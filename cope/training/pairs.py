@@ -26,7 +26,8 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from store import ItemStore
+from cope.store import ItemStore
+from cope.vectors import to_numpy
 
 logger = logging.getLogger(__name__)
 
@@ -175,15 +176,6 @@ class ItemVectors:
         return {str(n): int(c) for n, c in zip(names, counts)}
 
 
-def fixed_size_to_numpy(column: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
-    """A fixed-size-list float column as an (N, dim) float32 array (one copy at most)."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    values = arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), dim)
-    if values.dtype != np.float32 or not values.flags.writeable or not values.flags.c_contiguous:
-        values = np.array(values, dtype=np.float32)  # Arrow buffers are read-only; torch wants writable memory
-    return values
-
-
 _READ_COLUMNS = ["item_id", "domain", "metadata", "vector", "image_vector", "text_vector", "has_image", "has_text"]
 
 
@@ -217,7 +209,7 @@ def load_item_vectors(
         over = labels.domain if labels is not None else {}
         parts["domains"] += [over.get(ids[i], stored_domains[i]) for i in idx]
         for name, col in (("image", "image_vector"), ("text", "text_vector"), ("base", "vector")):
-            parts[name].append(fixed_size_to_numpy(batch.column(col), dim)[idx])
+            parts[name].append(to_numpy(batch.column(col), dim)[idx])
         parts["hi"].append(batch.column("has_image").to_numpy(zero_copy_only=False)[idx])
         parts["ht"].append(batch.column("has_text").to_numpy(zero_copy_only=False)[idx])
     if not parts["ids"]:

@@ -17,14 +17,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from store import ItemStore
-from store.item_store import now_utc
+from cope.store import ItemStore
+from cope.store.item_store import now_utc
+from cope.vectors import l2_normalize
 
 SYNTHETIC_TAG = "synthetic/latent-v1"
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def make_synthetic_store(
@@ -61,11 +58,11 @@ def make_synthetic_store(
             n_items = items_per_domain if d in ("video", "live") else 1
             for j in range(n_items):
                 a, b = maps[d]
-                img = _unit(a @ z[p] + noise * rng.standard_normal(dim) * np.linalg.norm(a @ z[p]) / np.sqrt(dim))
+                img = l2_normalize(a @ z[p] + noise * rng.standard_normal(dim) * np.linalg.norm(a @ z[p]) / np.sqrt(dim))
                 has_text = d != "image"
-                txt = _unit(b @ z[p] + noise * rng.standard_normal(dim) * np.linalg.norm(b @ z[p]) / np.sqrt(dim))
+                txt = l2_normalize(b @ z[p] + noise * rng.standard_normal(dim) * np.linalg.norm(b @ z[p]) / np.sqrt(dim))
                 txt = txt if has_text else np.zeros(dim, np.float32)
-                vec = _unit(0.5 * img + 0.5 * txt)
+                vec = l2_normalize(0.5 * img + 0.5 * txt)
                 item_id = {"product": f"product:{key}", "image": f"image:img-{key}",
                            "video": f"video:vid-{key}-{j}", "live": f"live:live-{key}:{10 * j}-{10 * j + 10}"}.get(
                     d, f"{d}:{key}-{j}")
@@ -80,6 +77,6 @@ def make_synthetic_store(
                     "metadata": json.dumps({"product_key": key}), "updated_at": at,
                 })
     store = ItemStore.open(db, table)
-    store.ensure_table(model_tag, dim, {"model": "synthetic", "seed": seed})
+    store.ensure_table(model_tag, dim)  # synthetic vectors: no pipeline made them
     store.upsert(pa.Table.from_pylist(rows, schema=store.table.schema))
     return store

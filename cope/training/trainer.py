@@ -28,8 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 from cope.evaluation import RetrievalResult, evaluate_directions
-from cope.training.checkpoint import fingerprint, heads_model_tag, save_heads
-from cope.training.heads import CopeHeads, HeadsConfig
+from cope.heads.checkpoint import fingerprint, heads_model_tag, save_heads
+from cope.heads.model import CopeHeads, HeadsConfig
+from cope.records import DOMAINS
 from cope.training.losses import CosFaceLoss, multi_domain_info_nce
 from cope.training.pairs import (
     ItemVectors,
@@ -42,7 +43,7 @@ from cope.training.pairs import (
 
 logger = logging.getLogger(__name__)
 
-_DOMAIN_ORDER = ("product", "image", "video", "live")
+_DOMAIN_ORDER = DOMAINS
 Direction = tuple[str, str]
 
 
@@ -419,7 +420,7 @@ def fit(
     >>> result = fit("./cope.lancedb", pairs="pairs.csv", epochs=100, seed=1)  # doctest: +SKIP
     >>> result.save("./heads")  # doctest: +SKIP
     """
-    from store import ItemStore
+    from cope.store import ItemStore
 
     store = ItemStore.open(db, table)
     _ = store.table  # a clear error when the table does not exist

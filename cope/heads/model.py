@@ -121,7 +121,7 @@ class CopeHeads(nn.Module):
     def __init__(self, config: HeadsConfig, seed: int = 0) -> None:
         super().__init__()
         self.config = config
-        #: hash of the weights, set when saved or loaded (see :mod:`cope.training.checkpoint`)
+        #: hash of the weights, set when saved or loaded (see :mod:`cope.heads.checkpoint`)
         self.fingerprint: str | None = None
         g = torch.Generator().manual_seed(seed)
         init = _orthogonal(config.dim, config.input_dim, g)

@@ -16,16 +16,13 @@ from typing import Any
 
 import torch
 
-from cope.training.heads import HEADS_FORMAT, CopeHeads, HeadsConfig
+from cope.errors import HeadsMismatchError, InputNotFoundError
+from cope.heads.model import HEADS_FORMAT, CopeHeads, HeadsConfig
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "heads.safetensors"
 CONFIG_FILE = "config.json"
-
-
-class HeadsMismatchError(ValueError):
-    """The checkpoint was trained on vectors of another base model (tag) or dimension than the ones at hand."""
 
 
 def fingerprint(state: dict[str, torch.Tensor]) -> str:
@@ -69,12 +66,12 @@ def save_heads(heads: CopeHeads, out: str | Path, extra: dict[str, Any] | None =
     return out
 
 
-def _resolve(path: str | Path) -> tuple[Path, Path]:
+def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     path = Path(path)
     folder = path.parent if path.suffix == ".safetensors" or path.name == CONFIG_FILE else path
     weights, config = folder / WEIGHTS_FILE, folder / CONFIG_FILE
     if not weights.exists() or not config.exists():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"no heads checkpoint at {path}: expected {WEIGHTS_FILE} and {CONFIG_FILE} in {folder} "
             "(written by `cope train --out FOLDER`)"
         )
@@ -83,7 +80,7 @@ def _resolve(path: str | Path) -> tuple[Path, Path]:
 
 def read_heads_config(path: str | Path) -> tuple[HeadsConfig, str, dict[str, Any]]:
     """(config, fingerprint, training info) of a checkpoint, without loading the weights."""
-    _, config_path = _resolve(path)
+    _, config_path = resolve_checkpoint(path)
     payload = json.loads(config_path.read_text())
     if payload.get("heads", {}).get("format") != HEADS_FORMAT:
         raise ValueError(f"{config_path} is not a cope heads checkpoint config")
@@ -110,7 +107,7 @@ def load_heads(
     """
     from safetensors.torch import load_file
 
-    weights_path, _ = _resolve(path)
+    weights_path, _ = resolve_checkpoint(path)
     config, fp, _ = read_heads_config(path)
     check_compatible(config, model_tag, dim)
     state = load_file(str(weights_path), device="cpu")

@@ -1,0 +1,76 @@
+"""Settings and summary of an embed run (light: no torch, no LanceDB), shared by the CLI and both schedulers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cope.content import ExtractOptions
+from cope.encoders.registry import DEFAULT_MODEL
+from cope.fusion import FusionConfig
+from cope.pipeline import EncoderSpec, PipelineSpec
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 3
+
+
+class EmbedConfig(BaseModel):
+    """Settings of one ``cope embed`` run; the CLI's flags and defaults are generated from these fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(default=DEFAULT_MODEL, description="encoder: a registered name, open_clip:<arch> or "
+                       "local-dir:<folder>")
+    pretrained: str | None = Field(default=None, description="open_clip weights: a .pt/.safetensors file, "
+                                   "local-dir:<folder>, or a hub tag")
+    table: str = Field(default="items", description="table name in the database")
+    batch_size: int = Field(default=32, ge=1, description="images per forward pass")
+    text_batch_size: int = Field(default=64, ge=1, description="texts per forward pass")
+    workers: int = Field(default=2, ge=1, description="extraction threads (decode and preprocess)")
+    threads: int | None = Field(default=None, ge=1, description="torch intra-op threads (default: torch's choice)")
+    device: str = Field(default="cpu", description="torch device, e.g. cuda")
+    write_every: int = Field(default=512, ge=1, description="rows buffered per upsert")
+    lookup_every: int = Field(default=512, ge=1, description="records per stored-hash lookup")
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+    extract: ExtractOptions = Field(default_factory=ExtractOptions)
+    default_domain: str | None = Field(default=None, description="domain of rows that have no 'domain' column")
+    progress: bool | None = Field(default=None, description="None: show a bar when logging is at INFO")
+    compact: bool = Field(default=True, description="merge fragments and drop old versions at the end")
+    heads: str | None = Field(default=None, description="trained COPE heads (cope train --out) applied before "
+                              "writing; the table then holds the heads' space")
+
+    def pipeline_spec(self) -> PipelineSpec:
+        """The spec of the vectors this run makes (heads are added by :meth:`EmbedCore.open`)."""
+        return PipelineSpec(encoder=EncoderSpec(name=self.model, pretrained=self.pretrained), extract=self.extract,
+                            fusion=self.fusion)
+
+
+@dataclass
+class EmbedSummary:
+    done: int = 0  # records embedded and written
+    items: int = 0  # rows written (a live stream yields one per slice)
+    skipped: int = 0  # records already stored with the same content hash and pipeline
+    failed: int = 0  # records that failed to extract or encode
+    invalid: int = 0  # manifest rows that are not valid records
+    seconds: float = 0.0
+    images: int = 0
+    model_tag: str = ""
+    errors: list[str] = field(default_factory=list)  # the first few reasons, for the summary
+    unindexed: int | None = None  # rows not yet in the table's ANN index (searched exactly); None: no ANN index
+
+    @property
+    def items_per_second(self) -> float:
+        return self.items / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_SOME_FAILED if (self.failed or self.invalid) else EXIT_OK
+
+    def __str__(self) -> str:
+        return (
+            f"done {self.done} records ({self.items} items, {self.images} images), skipped {self.skipped}, "
+            f"failed {self.failed}, invalid rows {self.invalid}; {self.seconds:.1f} s, "
+            f"{self.items_per_second:.1f} items/s"
+            + (f"; {self.unindexed} rows not in the ANN index yet (run `cope index`)" if self.unindexed else "")
+        )

@@ -1,0 +1,172 @@
+"""The embed job's core, shared by its two schedulers (:mod:`cope.job` on one machine, :mod:`cope.ray_engine` on
+Ray): settings, the skip decision, error records, summary counts, the table and its pipeline spec, writes, the
+final compaction and the index report. The schedulers only decide where extraction and encoding run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from cope.embed_config import EXIT_OK, EXIT_SOME_FAILED, EmbedConfig, EmbedSummary
+from cope.embedding import Pipeline
+from cope.encoders.base import Encoder
+from cope.errors import InputNotFoundError
+from cope.hashing import record_hash
+from cope.manifest import ManifestRow, read_manifest
+from cope.records import Record
+from cope.store import ItemStore
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "EmbedConfig", "EmbedCore", "EmbedSummary", "error_row", "select_todo",
+           "write_rows"]
+
+MAX_REPORTED = 20  # reasons kept in the summary (all of them go to the errors table)
+
+
+def error_row(key: str, origin: str, stage: str, reason: str, tag: str) -> dict[str, Any]:
+    """A row of the errors table."""
+    return {"record_key": key, "origin": origin, "stage": stage, "reason": reason, "model_tag": tag}
+
+
+def select_todo(store: ItemStore, records: Sequence[Record], digests: Sequence[str]) -> list[bool]:
+    """The skip decision: a record is done when every stored row of it has its current content hash (the table's
+    pipeline is fixed, so the hash alone decides)."""
+    stored = store.stored_hashes([r.record_key for r in records])
+    return [stored.get(r.record_key) != {d} for r, d in zip(records, digests)]
+
+
+def write_rows(store: ItemStore, rows: list[dict[str, Any]]) -> None:
+    """Upsert store rows (whole records) in one commit."""
+    if rows:
+        store.upsert(pa.Table.from_pylist(rows, schema=store.table.schema))
+
+
+def resolve_db(db: str | os.PathLike[str]) -> str:
+    """An absolute path for a local database (workers and heads lookups do not depend on the working directory)."""
+    return str(db) if "://" in str(db) else str(Path(db).resolve())
+
+
+def manifest_paths(manifests: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    paths = [Path(m) for m in manifests]
+    for p in paths:
+        if not p.exists():
+            raise InputNotFoundError(f"manifest not found: {p}")
+    return paths
+
+
+class EmbedCore:
+    """Bookkeeping of one embed run: the table, the summary, buffered rows and errors."""
+
+    def __init__(self, db: str, config: EmbedConfig, pipeline: Pipeline) -> None:
+        self.db = db
+        self.config = config
+        self.pipeline = pipeline
+        self.spec = pipeline.spec
+        self.store = ItemStore.open(db, config.table, model_tag=self.spec.tag, dim=self.spec.dim)
+        self.summary = EmbedSummary(model_tag=self.spec.tag)
+        self._rows: list[dict[str, Any]] = []
+        self._errors: list[dict[str, Any]] = []
+
+    @classmethod
+    def open(cls, db: str | os.PathLike[str], config: EmbedConfig, encoder: Encoder | None = None) -> EmbedCore:
+        """Build the run's pipeline (encoder, heads) and open its table, refusing a table of another pipeline."""
+        db = resolve_db(db)
+        spec = config.pipeline_spec()
+        if config.heads:
+            from cope.heads import heads_ref
+
+            spec = spec.model_copy(update={"heads": heads_ref(config.heads)})
+        pipeline = Pipeline.build(spec, encoder=encoder, db=db, device=config.device, threads=config.threads)
+        return cls(db, config, pipeline)
+
+    @property
+    def tag(self) -> str:
+        return self.spec.tag
+
+    def ensure_table(self) -> None:
+        """Create the table (with the spec in its metadata) and keep a copy of the heads beside it."""
+        if self.spec.heads is not None:
+            from cope.heads import install_heads
+
+            install_heads(self.spec.heads, self.db)
+        self.store.ensure_table(self.spec.tag, self.spec.dim, self.spec.to_metadata())
+
+    def manifest_rows(self, manifests: Sequence[str | os.PathLike[str]]) -> Iterator[ManifestRow]:
+        paths = manifest_paths(manifests)
+        self.store.clear_manifest_errors([str(p) for p in paths])
+        for p in paths:
+            yield from read_manifest(p, self.config.default_domain)
+
+    # -- bookkeeping ---------------------------------------------------------------------------------------------
+    def valid(self, chunk: Sequence[ManifestRow]) -> list[ManifestRow]:
+        """The rows that are records; the others are reported (with file and line) and counted."""
+        out = []
+        for row in chunk:
+            if row.record is None:
+                self.summary.invalid += 1
+                self.fail(f"manifest:{row.where}", row.where, "manifest", row.error or "invalid row")
+            else:
+                out.append(row)
+        return out
+
+    def skipped(self, n: int = 1) -> None:
+        self.summary.skipped += n
+
+    def fail(self, key: str, origin: str, stage: str, reason: str, *, buffered: bool = True) -> None:
+        if stage != "manifest":
+            self.summary.failed += 1
+        if len(self.summary.errors) < MAX_REPORTED:
+            self.summary.errors.append(f"{origin}: {reason}")
+        logger.warning("%s: %s failed: %s", origin if key.startswith("manifest:") else f"{origin} {key}", stage, reason)
+        if buffered:
+            self._errors.append(error_row(key, origin, stage, reason, self.tag))
+
+    def done(self, records: int, items: int, images: int) -> None:
+        self.summary.done += records
+        self.summary.items += items
+        self.summary.images += images
+
+    def add_rows(self, rows: list[dict[str, Any]]) -> None:
+        self._rows.extend(rows)
+
+    def flush(self, force: bool = False) -> None:
+        if self._rows and (force or len(self._rows) >= self.config.write_every):
+            self.ensure_table()
+            write_rows(self.store, self._rows)
+            self._rows = []
+        if self._errors and (force or len(self._errors) >= self.config.write_every):
+            self.store.record_errors(self._errors)
+            self._errors = []
+
+    def finish(self, seconds: float) -> EmbedSummary:
+        """Write what is buffered, compact, report the index state and log the summary."""
+        self.flush(force=True)
+        self.summary.seconds = seconds
+        if self.summary.done:
+            self.store = ItemStore.open(self.db, self.config.table)  # rows may have been written by other processes
+        if self.config.compact and self.summary.done and self.store.exists:
+            self.store.compact()  # lance's optimize: also folds the new rows into existing ANN indexes
+        if self.summary.done and self.store.exists:
+            from cope.store.index import index_report
+
+            report = index_report(self.store.table)
+            self.summary.unindexed = report.unindexed_rows if report.vector_index() else None
+            logger.info("index state of %r: %s", self.store.name, report)
+        logger.info("%s", self.summary)
+        return self.summary
+
+    def show_progress(self) -> bool:
+        show = self.config.progress
+        return logger.isEnabledFor(logging.INFO) if show is None else show
+
+
+def hash_records(records: Sequence[Record], mapper: Any = map) -> list[str]:
+    """Content hashes of records (``mapper``: a thread pool's ``map`` to hash files in parallel)."""
+    return list(mapper(record_hash, records))

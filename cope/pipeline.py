@@ -1,0 +1,153 @@
+"""The pipeline spec: everything an item's vector is a function of, as one typed, serialisable object.
+
+An item's vector depends on the encoder (name, options, weights fingerprint), the extraction options (frames per
+video and per slice, images per product), the fusion weights, and optional trained heads (by fingerprint). The spec
+names all of them, has one :attr:`PipelineSpec.tag`, writes itself into a table's schema metadata and is rebuilt
+from it (as lancedb does with ``function_to_metadata`` / ``parse_functions``). The embed job, the Ray engine,
+``reproject``, ``eval``, ``train``, queries and the notebook all go through it; nothing parses a tag string back.
+
+This module is data only (pydantic, no torch). :class:`cope.embedding.Pipeline` builds the models from a spec.
+
+>>> spec = PipelineSpec(encoder=EncoderSpec(name="open_clip:ViT-S-32"), encoder_tag="ViT-S-32/abc", encoder_dim=512)
+>>> spec.tag
+'ViT-S-32/abc;fusion=image:0.5,text:0.5'
+>>> PipelineSpec.from_metadata(spec.to_metadata()) == spec
+True
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cope.content import ExtractOptions
+from cope.encoders.registry import DEFAULT_MODEL
+from cope.errors import HeadsMismatchError, StoreMismatchError
+from cope.fusion import FusionConfig
+from cope.store.schema import META_DIM, META_LEGACY_SPEC, META_MODEL_TAG, META_PIPELINE
+
+#: extraction options that change vectors (image_size is only a decode hint derived from the encoder; the video
+#: decoder and the pixel limit choose how, not what, is decoded)
+_TAGGED_EXTRACT = {"frames_per_video": "v", "frames_per_slice": "s", "max_images_per_product": "p"}
+
+
+class EncoderSpec(BaseModel):
+    """Which encoder, and how to build it (``pretrained``: an open_clip weights file, ``local-dir:`` or hub tag)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = DEFAULT_MODEL
+    pretrained: str | None = None
+
+    def options(self) -> dict[str, Any]:
+        return {"pretrained": self.pretrained} if self.pretrained else {}
+
+
+class HeadsRef(BaseModel):
+    """Trained COPE heads, named by the fingerprint of their weights.
+
+    ``uri`` is where they were found (absolute); a table's database folder also keeps a copy under
+    ``_cope_heads/<fingerprint>/``, so the heads are found again from any working directory (see
+    :func:`cope.heads.locate_heads`). Either copy is checked against the fingerprint before use.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fingerprint: str
+    base_tag: str = Field(description="tag of the pipeline whose (image, text) vectors the heads take")
+    dim: int = Field(ge=1)
+    domains: tuple[str, ...]
+    default_domain: str | None = None
+    uri: str | None = None
+
+
+class PipelineSpec(BaseModel):
+    """Encoder, extraction, fusion and heads of one vector space. ``encoder_tag``/``encoder_dim`` are filled in when
+    the encoder is built (:meth:`cope.embedding.Pipeline.build`): they fingerprint its weights."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int = 1
+    encoder: EncoderSpec = Field(default_factory=EncoderSpec)
+    extract: ExtractOptions = Field(default_factory=ExtractOptions)
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+    heads: HeadsRef | None = None
+    encoder_tag: str | None = None
+    encoder_dim: int | None = Field(default=None, ge=1)
+
+    # -- identity ------------------------------------------------------------------------------------------------
+    @property
+    def resolved(self) -> bool:
+        return self.encoder_tag is not None and self.encoder_dim is not None
+
+    def _require_resolved(self) -> None:
+        if not self.resolved:
+            raise ValueError("the spec has no encoder_tag yet: build it with cope.embedding.Pipeline.build(spec)")
+
+    @property
+    def base_tag(self) -> str:
+        """Tag of the (image, text) vectors before heads: encoder, fusion and non-default extraction options."""
+        self._require_resolved()
+        default = ExtractOptions()
+        changed = [f"{short}{getattr(self.extract, name)}" for name, short in _TAGGED_EXTRACT.items()
+                   if getattr(self.extract, name) != getattr(default, name)]
+        return f"{self.encoder_tag};{self.fusion.tag}" + (f";extract={','.join(changed)}" if changed else "")
+
+    @property
+    def tag(self) -> str:
+        """The one name of this vector space: two pipelines with the same tag give the same vectors."""
+        return self.base_tag + (f";heads={self.heads.fingerprint}" if self.heads else "")
+
+    @property
+    def dim(self) -> int:
+        self._require_resolved()
+        assert self.encoder_dim is not None
+        return self.heads.dim if self.heads else self.encoder_dim
+
+    def without_heads(self) -> PipelineSpec:
+        return self.model_copy(update={"heads": None})
+
+    def with_heads(self, heads: HeadsRef) -> PipelineSpec:
+        if heads.base_tag != self.base_tag:
+            raise HeadsMismatchError(
+                f"these heads were trained on vectors of {heads.base_tag!r}, but this pipeline makes {self.base_tag!r}."
+                " Train heads on a table of this model (`cope train`) or embed with the heads' base model."
+            )
+        return self.model_copy(update={"heads": heads})
+
+    def check_same(self, other: PipelineSpec, where: str) -> None:
+        """Refuse vectors of another pipeline (tag or dimension) in ``where``."""
+        if other.tag != self.tag or other.dim != self.dim:
+            raise StoreMismatchError(
+                f"{where} holds vectors of {self.tag!r} (dim {self.dim}); refusing to mix in vectors of "
+                f"{other.tag!r} (dim {other.dim}). Use the same model and options, another --table, or another --db."
+            )
+
+    # -- schema metadata -----------------------------------------------------------------------------------------
+    def to_metadata(self) -> dict[bytes, bytes]:
+        """Schema metadata entries of a table holding this pipeline's vectors."""
+        return {META_PIPELINE: self.model_dump_json(exclude_none=False).encode(), META_MODEL_TAG: self.tag.encode(),
+                META_DIM: str(self.dim).encode()}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[bytes, bytes] | None) -> PipelineSpec | None:
+        """The spec stored in a table's schema metadata (``None`` when the table has none, e.g. not a cope table).
+
+        Tables written before the spec existed carry ``cope.model_spec`` and ``cope.model_tag``; they are read too.
+        """
+        meta = dict(metadata or {})
+        if META_PIPELINE in meta:
+            return cls.model_validate_json(meta[META_PIPELINE])
+        if META_LEGACY_SPEC not in meta or META_MODEL_TAG not in meta:
+            return None
+        legacy = json.loads(meta[META_LEGACY_SPEC] or b"{}")
+        tag = meta[META_MODEL_TAG].decode()
+        if not legacy.get("model") or legacy.get("heads"):
+            return None  # too old to rebuild: vectors only
+        fusion = FusionConfig(**legacy.get("fusion", {}))
+        spec = cls(encoder=EncoderSpec(name=legacy["model"], pretrained=legacy.get("pretrained")), fusion=fusion,
+                   encoder_tag=tag.removesuffix(f";{fusion.tag}"), encoder_dim=int(meta[META_DIM]))
+        return spec if spec.tag == tag else None
