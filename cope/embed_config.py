@@ -42,7 +42,8 @@ class EmbedConfig(BaseModel):
 
     def pipeline_spec(self) -> PipelineSpec:
         """The spec of the vectors this run makes (heads are added by :meth:`EmbedCore.open`)."""
-        return PipelineSpec(encoder=EncoderSpec(name=self.model, pretrained=self.pretrained), extract=self.extract,
+        options = {"pretrained": self.pretrained} if self.pretrained else {}
+        return PipelineSpec(encoder=EncoderSpec(name=self.model, options=options), extract=self.extract,
                             fusion=self.fusion)
 
 

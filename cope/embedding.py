@@ -133,7 +133,7 @@ class Pipeline:
             from cope.encoders import create_encoder
 
             logger.info("loading model %s ...", spec.encoder.name)
-            encoder = create_encoder(spec.encoder.name, **spec.encoder.options(), device=device,
+            encoder = create_encoder(spec.encoder.name, **spec.encoder.options, device=device,
                                      **({"threads": threads} if threads else {}))
         if spec.encoder_tag is not None and (encoder.model_tag != spec.encoder_tag or encoder.dim != spec.encoder_dim):
             raise ModelMismatchError(
@@ -141,7 +141,9 @@ class Pipeline:
                 f"is {encoder.model_tag!r} (dim {encoder.dim}): install the same model files and versions, or pass "
                 "that model's encoder"
             )
-        spec = spec.model_copy(update={"encoder_tag": encoder.model_tag, "encoder_dim": encoder.dim})
+        described = encoder.spec()  # an encoder passed in says how it was built: the spec records that
+        spec = spec.model_copy(update={"encoder_tag": encoder.model_tag, "encoder_dim": encoder.dim,
+                                       **({"encoder": EncoderSpec(**described)} if described else {})})
         projector = None
         if spec.heads is not None:
             from cope.heads import HeadsProjector, locate_heads

@@ -34,16 +34,22 @@ from cope.store.schema import META_DIM, META_LEGACY_SPEC, META_MODEL_TAG, META_P
 _TAGGED_EXTRACT = {"frames_per_video": "v", "frames_per_slice": "s", "max_images_per_product": "p"}
 
 
+OptionValue = str | int | float | bool | None
+
+
 class EncoderSpec(BaseModel):
-    """Which encoder, and how to build it (``pretrained``: an open_clip weights file, ``local-dir:`` or hub tag)."""
+    """Which encoder, and the options that build it (``create_encoder(name, **options)``), e.g. ``pretrained``: an
+    open_clip weights file, ``local-dir:`` folder or hub tag. Run-time options (device, threads) are not part of it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = DEFAULT_MODEL
-    pretrained: str | None = None
+    options: dict[str, OptionValue] = Field(default_factory=dict)
 
-    def options(self) -> dict[str, Any]:
-        return {"pretrained": self.pretrained} if self.pretrained else {}
+    @property
+    def pretrained(self) -> str | None:
+        value = self.options.get("pretrained")
+        return str(value) if value is not None else None
 
 
 class HeadsRef(BaseModel):
@@ -148,6 +154,7 @@ class PipelineSpec(BaseModel):
         if not legacy.get("model") or legacy.get("heads"):
             return None  # too old to rebuild: vectors only
         fusion = FusionConfig(**legacy.get("fusion", {}))
-        spec = cls(encoder=EncoderSpec(name=legacy["model"], pretrained=legacy.get("pretrained")), fusion=fusion,
+        options = {"pretrained": legacy["pretrained"]} if legacy.get("pretrained") else {}
+        spec = cls(encoder=EncoderSpec(name=legacy["model"], options=options), fusion=fusion,
                    encoder_tag=tag.removesuffix(f";{fusion.tag}"), encoder_dim=int(meta[META_DIM]))
         return spec if spec.tag == tag else None

@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from cope.content import ExtractOptions
 from cope.embed_core import (
     EmbedConfig,
     EmbedCore,
@@ -63,11 +64,11 @@ def _transform(blob: bytes) -> Any:
     return _TRANSFORMS[blob]
 
 
-def _extract_batch(batch: pa.Table, *, db: str, table: str, spec_json: str, transform: bytes) -> pa.Table:
+def _extract_batch(batch: pa.Table, *, db: str, table: str, options_json: str, transform: bytes) -> pa.Table:
     """Ray task: hash, skip what is stored (the core's decision), extract and preprocess. One row per record."""
     from cope.embed_core import hash_records
 
-    options = PipelineSpec.model_validate_json(spec_json).extract
+    options = ExtractOptions.model_validate_json(options_json)  # the pipeline's, with the encoder's decode hint
     records = [RECORD_ADAPTER.validate_json(r) for r in batch.column("record").to_pylist()]
     origins = batch.column("origin").to_pylist()
     digests = hash_records(records)
@@ -202,6 +203,7 @@ def embed_ray(
     core.ensure_table()
     spec_json = core.spec.model_dump_json()
     transform = pickle.dumps(core.pipeline.encoder.image_transform())
+    options_json = core.pipeline.extract_options.model_dump_json()
     core.pipeline = None  # type: ignore[assignment]  # the driver needs no model from here on
     device = config.device if gpus_per_actor == 0 else ("cuda" if config.device == "cpu" else config.device)
 
@@ -231,7 +233,7 @@ def embed_ray(
                 warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*")
                 ds = _pipeline(
                     ray, items, n_blocks, records_per_task, extract_args, actors, cpus_per_actor, gpus_per_actor,
-                    {"db": db, "table": config.table, "spec_json": spec_json, "transform": transform},
+                    {"db": db, "table": config.table, "options_json": options_json, "transform": transform},
                     {"spec_json": spec_json, "db": db, "device": device, "threads": config.threads,
                      "batch_size": config.batch_size, "text_batch_size": config.text_batch_size},
                     {"db": db, "table": config.table, "tag": core.tag},

@@ -66,3 +66,28 @@ def test_ray_engine_matches_the_single_machine_job_and_resumes(local_ray, demo_c
         for col in ("vector", "image_vector", "text_vector"):
             np.testing.assert_allclose(a[key][col], b[key][col], atol=1e-5)
     assert ItemStore.open(db).model_tag == ItemStore.open(single).model_tag
+
+
+def test_ray_engine_with_heads_equals_the_local_job(local_ray, demo_catalog: Path, tmp_path: Path) -> None:
+    from cope.ray_engine import embed_ray
+    from cope.training import fit
+
+    config = EmbedConfig(model=f"open_clip:{TINY_MODEL}", progress=False)
+    base = tmp_path / "base"
+    embed(demo_catalog, base, config=config)
+    ckpt = fit(base, epochs=2, dim=8, batch_products=2, val_fraction=0, test_fraction=0.25, seed=0).save(
+        tmp_path / "heads")
+    with_heads = config.model_copy(update={"heads": str(ckpt), "table": "items_cope"})
+    local = embed(demo_catalog, tmp_path / "local", config=with_heads)
+    on_ray = embed_ray([demo_catalog], tmp_path / "ray", with_heads, actors=1, records_per_task=4)
+    assert local.done == on_ray.done == 13 and local.model_tag == on_ray.model_tag
+    cols = ["item_id", "vector", "image_vector", "text_vector", "content_hash", "record_hash", "model_tag"]
+    a = {r["item_id"]: r for r in ItemStore.open(tmp_path / "local", "items_cope").read(cols).to_pylist()}
+    b = {r["item_id"]: r for r in ItemStore.open(tmp_path / "ray", "items_cope").read(cols).to_pylist()}
+    assert sorted(a) == sorted(b) and len(a) == 15
+    for key in a:
+        assert len(a[key]["vector"]) == 8
+        for col in ("content_hash", "record_hash", "model_tag"):
+            assert a[key][col] == b[key][col]
+        for col in ("vector", "image_vector", "text_vector"):
+            np.testing.assert_allclose(a[key][col], b[key][col], atol=1e-5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,6 +52,11 @@ class Encoder(ABC):
             chunk = images[start : start + batch_size]
             out.append(self.encode_image_tensors(torch.stack([self.preprocess(im) for im in chunk])))
         return np.concatenate(out, axis=0)
+
+    def spec(self) -> dict[str, Any] | None:
+        """``{"name": ..., "options": {...}}`` such that ``create_encoder(name, **options)`` rebuilds this encoder
+        (``None``: it cannot be rebuilt by name; tables then record the name they were asked for)."""
+        return None
 
     def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
         """A picklable stand-alone ``preprocess`` (shipped to Ray extraction tasks without the weights).

@@ -232,10 +232,16 @@ class DefaultEncoder(Encoder):
         ).encode()
         self.model_tag = f"{MODEL_NAME}/{VERSION}/{hashlib.sha256(settings_blob).hexdigest()[:12]}"
 
+        defaults = asdict(DefaultModelSettings())
+        self._spec = {"name": MODEL_NAME,
+                      "options": {k: v for k, v in asdict(self.settings).items() if defaults.get(k) != v}}
         self._prompts = self.class_prompt_vectors()  # (1000, 512), unit rows
         with torch.no_grad():
             self._classifier_w = self.model.classifier.weight.detach().cpu().numpy().astype(np.float64)
         logger.info("loaded %s (dim %d) on %s", self.model_tag, self.dim, self.device)
+
+    def spec(self) -> dict[str, Any]:
+        return self._spec
 
     # ---------------------------------------------------------------- building blocks
     def class_prompt_vectors(self, prompt: str | None = None) -> np.ndarray:

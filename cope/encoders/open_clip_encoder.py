@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -84,6 +84,7 @@ class OpenClipEncoder(Encoder):
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
+        original_pretrained = pretrained
         model_name = arch
         if pretrained and pretrained.startswith("local-dir:"):
             model_name, pretrained = pretrained, None
@@ -108,6 +109,9 @@ class OpenClipEncoder(Encoder):
         self._preprocess = preprocess
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.arch = model_name
+        self._spec = {"name": arch if arch.startswith("local-dir:") else f"open_clip:{arch}",
+                      "options": {**({"pretrained": original_pretrained} if original_pretrained else {}),
+                                  **({"seed": seed} if seed else {})}}
         size = getattr(model.visual, "image_size", 224)
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         with torch.inference_mode():
@@ -118,6 +122,9 @@ class OpenClipEncoder(Encoder):
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self._preprocess(image)
+
+    def spec(self) -> dict[str, Any]:
+        return self._spec
 
     def image_transform(self):
         return self._preprocess
