@@ -24,9 +24,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from cope.errors import InputNotFoundError, ItemNotFoundError, ModelMismatchError
+from cope.errors import InputNotFoundError, ItemNotFoundError, ModelMismatchError, UsageError
+from cope.filters import MODALITY_FLAG as _MODALITY_FLAG
+from cope.filters import Filters, MetadataValue
+from cope.filters import merge_filters as _filters
 from cope.pipeline import PipelineSpec
 from cope.records import Domain
 from cope.store import ItemStore
@@ -44,7 +47,6 @@ logger = logging.getLogger(__name__)
 
 VectorColumn = Literal["vector", "image_vector", "text_vector"]
 QueryKind = Literal["auto", "vector", "text", "image", "video"]
-MetadataValue = str | int | float | bool | None
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".flv", ".mpg", ".mpeg", ".ts"})
@@ -52,104 +54,6 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".f
 #: columns of a result row (those the table has), besides the score
 RESULT_COLUMNS = ("item_id", "domain", "source_id", "slice_start", "slice_end", "text", "media_uri", "metadata",
                   "updated_at")
-_MODALITY_FLAG = {"image_vector": "has_image", "text_vector": "has_text"}
-
-
-# -- filters ------------------------------------------------------------------------------------------------------
-
-
-class Filters(BaseModel):
-    """Typed filters; every value is bound as a literal, never pasted into SQL.
-
-    ``slice_between=(a, b)`` keeps live slices overlapping ``[a, b]`` seconds (and so only live rows).
-    ``metadata={"product_key": "p001"}`` compares top-level keys of the JSON ``metadata`` column for equality: rows
-    are narrowed in LanceDB by a substring test on the JSON-encoded value, then checked exactly in Python.
-    ``where`` is raw SQL for trusted callers only (it is combined with AND).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    domains: tuple[Domain, ...] | None = None
-    item_ids: tuple[str, ...] | None = None
-    exclude_ids: tuple[str, ...] | None = None
-    source_ids: tuple[str, ...] | None = None
-    updated_after: dt.datetime | None = None
-    updated_before: dt.datetime | None = None
-    slice_between: tuple[float, float] | None = None
-    metadata: dict[str, MetadataValue] | None = None
-    where: str | None = None
-
-    @field_validator("domains", "item_ids", "exclude_ids", "source_ids", mode="before")
-    @classmethod
-    def _listify(cls, v: Any) -> Any:
-        return (v,) if isinstance(v, str) else v
-
-    @field_validator("updated_after", "updated_before")
-    @classmethod
-    def _utc(cls, v: dt.datetime | None) -> dt.datetime | None:
-        if v is not None and v.tzinfo is None:
-            v = v.replace(tzinfo=dt.timezone.utc)  # the column is UTC; naive datetimes are taken as UTC
-        return v
-
-    def expr(self, *, vector_column: str = "vector", columns: Sequence[str] = ()) -> Any:
-        """The filter as a ``lancedb.expr.Expr`` (or a SQL string when ``where`` is set; ``None`` if no filter)."""
-        from lancedb.expr import col, lit
-
-        parts = []
-        if self.domains is not None:
-            parts.append(col("domain").isin(list(self.domains)))
-        if self.item_ids is not None:
-            parts.append(col("item_id").isin(list(self.item_ids)))
-        if self.exclude_ids:
-            parts.append(~col("item_id").isin(list(self.exclude_ids)))
-        if self.source_ids is not None:
-            parts.append(col("source_id").isin(list(self.source_ids)))
-        if self.updated_after is not None:
-            parts.append(col("updated_at") >= lit(self.updated_after))
-        if self.updated_before is not None:
-            parts.append(col("updated_at") < lit(self.updated_before))
-        if self.slice_between is not None:
-            start, end = self.slice_between
-            parts.append((col("slice_end") > lit(float(start))) & (col("slice_start") < lit(float(end))))
-        flag = _MODALITY_FLAG.get(vector_column)
-        if flag and (not columns or flag in columns):
-            parts.append(col(flag) == lit(True))  # rows without that modality hold zero vectors
-        for value in (self.metadata or {}).values():
-            if isinstance(value, str):  # necessary condition, both JSON encodings of non-ASCII text
-                encoded = {json.dumps(value, ensure_ascii=False), json.dumps(value)}
-                narrow = None
-                for e in encoded:
-                    c = col("metadata").contains(lit(e))
-                    narrow = c if narrow is None else narrow | c
-                parts.append(narrow)
-        expr = None
-        for p in parts:
-            expr = p if expr is None else expr & p
-        if self.where:
-            return f"({expr.to_sql()}) AND ({self.where})" if expr is not None else self.where
-        return expr
-
-    def matches_metadata(self, raw: str | None) -> bool:
-        if not self.metadata:
-            return True
-        try:
-            meta = json.loads(raw) if raw else {}
-        except ValueError:
-            return False
-        return all(k in meta and _same(meta[k], v) for k, v in self.metadata.items())
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b
-    return a == b
-
-
-def _filters(filters: Filters | None, **kwargs: Any) -> Filters:
-    given = {k: v for k, v in kwargs.items() if v is not None}
-    if filters is None:
-        return Filters(**given)
-    return filters.model_copy(update=Filters(**given).model_dump(exclude_unset=True))
 
 
 # -- results ------------------------------------------------------------------------------------------------------
@@ -420,6 +324,10 @@ class CopeDB:
         from lancedb.expr import col, lit
 
         ids = [item_ids] if isinstance(item_ids, str) else list(item_ids)
+        bad = [i for i in ids if not isinstance(i, str)]
+        if bad:
+            raise UsageError(f"item ids are strings like 'product:p001', not {bad[0]!r} ({type(bad[0]).__name__})")
+        # a bound expression, never SQL text (one where() call, so LanceDB keeps it an expression)
         where = col("item_id") == lit(ids[0]) if len(ids) == 1 else col("item_id").isin(ids)
         found = self.table.search().where(where).select(columns).limit(None).to_arrow()
         order = {k: i for i, k in enumerate(found.column("item_id").to_pylist())}
