@@ -203,7 +203,7 @@ class CopeDB:
     encoder, extraction options, fusion weights and trained heads), exactly like an item of the domain they stand for.
 
     >>> db = open_db(db_dir)
-    >>> db.similar("product:p1", k=2).ids
+    >>> sorted(db.similar("product:p1", k=2).ids)
     ['image:i1', 'video:v1']
     >>> db.search("a red ball", k=1, domains=["product"]).ids
     ['product:p1']

@@ -141,8 +141,8 @@ def embed(
 ) -> EmbedSummary:
     """Embed every record of the manifests into the LanceDB directory ``db``. Options are :class:`EmbedConfig` fields.
 
-    >>> summary = embed(catalog, db_dir, model=TINY_MODEL)
-    >>> summary.done, summary.failed, embed(catalog, db_dir, model=TINY_MODEL).skipped
+    >>> summary = embed(catalog, new_db, model=TINY_MODEL)
+    >>> summary.done, summary.failed, embed(catalog, new_db, model=TINY_MODEL).skipped
     (3, 0, 3)
     """
     if isinstance(manifests, (str, Path)):

@@ -5,8 +5,9 @@ here as data (``"module:function"``) and imported on first use, so this registry
 
 >>> from cope.extractors import extract
 >>> from cope.records import ProductPage
->>> [c.text for c in extract(ProductPage(item_id="p1", title="Red ball", attributes={"colour": "red"}))]
-['Red ball. colour: red']
+>>> print(extract(ProductPage(item_id="p1", title="Red ball", attributes={"colour": "red"}))[0].text)
+Red ball
+colour: red
 """
 
 from __future__ import annotations
