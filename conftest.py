@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_MODEL, tiny_config_dir  # noqa: F401  (a fixture, for doctests)
+from tests.conftest import TINY_MODEL, tiny_config_dir  # noqa: F401, F811  (a fixture, for doctests)
 
 
 @pytest.fixture(scope="session")
-def doctest_catalog(tmp_path_factory: pytest.TempPathFactory, tiny_config_dir: Path) -> Path:
+def doctest_catalog(tmp_path_factory: pytest.TempPathFactory, tiny_config_dir: Path) -> Path:  # noqa: F811
     """A product page, an image and a video, the same red ball: ``product:p1``, ``image:i1``, ``video:v1``."""
     from tests.media import make_video, save_image
 

@@ -297,7 +297,7 @@ def test_hostile_values_match_exactly_when_stored(demo_db: Path, tmp_path: Path)
                      "source_id": value, "metadata": json.dumps({"product_key": value, "n": i}, ensure_ascii=i % 2 == 0)})
     store.upsert(pa.Table.from_pylist(rows, schema=store.table.schema))
     db = open_db(copy)
-    for i, value in enumerate(HOSTILE):
+    for value in HOSTILE:
         assert db.similar("product:p000", k=50, source_ids=[value]).ids == [f"image:{value}"], value
         assert db.similar("product:p000", k=50, metadata={"product_key": value}).ids == [f"image:{value}"], value
         assert db.similar("product:p000", k=50, item_ids=[f"image:{value}"]).ids == [f"image:{value}"]

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from cope.pipeline import PipelineSpec
 from cope.store import ItemStore
 from cope.store.item_store import StoreMismatchError
 from cope.training import (
@@ -35,7 +36,6 @@ from cope.training import (
     reproject,
     split_products,
 )
-from cope.pipeline import PipelineSpec
 from cope.training.synthetic import SYNTHETIC_TAG, make_synthetic_store
 
 FAST = {"dim": 32, "lr": 1e-3, "epochs": 60, "patience": 15, "threads": 1, "progress": False}

@@ -19,10 +19,9 @@ def table_stats(db: str, table: str = "items") -> dict[str, Any]:
     """The numbers ``cope stats`` prints, as a dict."""
     from collections import Counter
 
+    from cope.pipeline import PipelineSpec
     from cope.store import ItemStore
     from cope.store.index import disk_size, index_report
-
-    from cope.pipeline import PipelineSpec
 
     store = ItemStore.open(db, table)
     tbl = store.table
