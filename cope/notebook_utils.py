@@ -134,12 +134,8 @@ def catalog_frame(db: CopeDB, *, with_vectors: bool = True, limit: int | None = 
     return df
 
 
-def domain_map(df: pd.DataFrame, *, annotate: bool = True) -> Figure:
-    """Scatter of the catalog's vectors (PCA to 2-D) coloured by domain; items of one product joined by lines."""
-    import matplotlib.pyplot as plt
-
+def _draw_map(ax: Any, df: pd.DataFrame, *, annotate: bool, title: str) -> None:
     xy = pca_2d(np.stack(df["vector"].to_list()))
-    fig, ax = plt.subplots(figsize=(7, 5.5))
     if "product_key" in df:
         for idx in df.groupby("product_key").indices.values():
             if len(idx) > 1:
@@ -158,10 +154,48 @@ def domain_map(df: pd.DataFrame, *, annotate: bool = True) -> Figure:
                 ax.annotate(str(key), (x, y), fontsize=6, alpha=0.7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
-    ax.set_title("catalog vectors, PCA to 2-D (grey lines join items of one product)")
+    ax.set_title(title, fontsize=9)
     ax.legend(loc="best", fontsize=8)
+
+
+def domain_map(df: pd.DataFrame, *, annotate: bool = True) -> Figure:
+    """Scatter of the catalog's vectors (PCA to 2-D) coloured by domain; items of one product joined by lines."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    _draw_map(ax, df, annotate=annotate, title="catalog vectors, PCA to 2-D (grey lines join items of one product)")
     fig.tight_layout()
     return fig
+
+
+def before_after_map(before: pd.DataFrame, after: pd.DataFrame, *, annotate: bool = True) -> Figure:
+    """The same items as two 2-D maps: base vectors (left) and the trained heads' space (right)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    for ax, df, name in ((axes[0], before, "base vectors"), (axes[1], after, "after COPE heads")):
+        gap = modality_gap(df)
+        _draw_map(ax, df, annotate=annotate, title=f"{name}: same product {gap['same_product']:.2f}, "
+                  f"other product {gap['other_product']:.2f} (mean cosine across domains)")
+    fig.tight_layout()
+    return fig
+
+
+def modality_gap(df: pd.DataFrame) -> dict[str, float]:
+    """Mean cosine between items of *different* domains: of the same product, and of other products. Before
+    training both are high when a modality gap dominates (domains cluster); after, the same product should win."""
+    x = np.stack(df["vector"].to_list()).astype(np.float64)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    sim = x @ x.T
+    domains = df["domain"].to_numpy()
+    keys = df["product_key"].to_numpy() if "product_key" in df else np.array([None] * len(df))
+    cross = domains[:, None] != domains[None, :]
+    labelled = np.array([isinstance(k, str) and bool(k) for k in keys])
+    both = labelled[:, None] & labelled[None, :]
+    same = (keys[:, None] == keys[None, :]) & both & cross
+    other = (keys[:, None] != keys[None, :]) & both & cross
+    return {"same_product": float(sim[same].mean()) if same.any() else float("nan"),
+            "other_product": float(sim[other].mean()) if other.any() else float("nan")}
 
 
 def same_product_at_k(db: CopeDB, df: pd.DataFrame, k: int = 5) -> pd.DataFrame:
