@@ -1,9 +1,10 @@
 """cope: one content embedding per item across product pages, images, short videos and live streams.
 
 >>> import cope
->>> summary = cope.embed("catalog.jsonl", "./cope.lancedb")  # doctest: +SKIP
->>> db = cope.open("./cope.lancedb")  # doctest: +SKIP
->>> db.similar("video:vid-p001", k=5, domains=["product"]).to_pandas()  # doctest: +SKIP
+>>> summary = cope.embed(catalog, new_db, model=TINY_MODEL)  # default model: cope-default
+>>> db = cope.open(new_db)
+>>> sorted(db.similar("video:v1", k=2, domains=["product", "image"]).ids)
+['image:i1', 'product:p1']
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The similarity API: neighbours of a stored item, a vector, a text, an image or a video, within or across domains.
 
 >>> import cope
->>> db = cope.open("cope-demo/cope.lancedb")  # doctest: +SKIP
->>> db.similar("video:vid-p001", k=5, domains=["product"]).ids  # doctest: +SKIP
-['product:p001', ...]
->>> db.search("a red ball", k=3).to_pandas()  # doctest: +SKIP
+>>> db = cope.open(db_dir)
+>>> db.similar("video:v1", k=5, domains=["product"]).ids
+['product:p1']
+>>> len(db.search("a red ball", k=3))
+3
 
 Queries that are not vectors are encoded with the table's own model, rebuilt from the spec stored in the table and
 checked against its model tag, so vectors of two models are never compared. Filters are typed arguments whose values
@@ -642,8 +643,9 @@ def open_db(db_path: str | os.PathLike[str], table: str = "items", encoder: Enco
     table's model tag; pass ``encoder=`` to reuse one you have (it is checked the same way).
 
     >>> import cope
-    >>> db = cope.open("cope-demo/cope.lancedb")  # doctest: +SKIP
-    >>> [(h.item_id, round(h.score, 3)) for h in db.similar("product:p001", k=3)]  # doctest: +SKIP
+    >>> db = open_db(db_dir)
+    >>> [h.item_id for h in db.similar("product:p1", k=1, domains=["video"])]
+    ['video:v1']
     """
     uri = os.fspath(db_path)
     if "://" not in uri and not Path(uri).is_dir():

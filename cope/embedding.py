@@ -4,8 +4,11 @@ Items and queries take the same path: extract (:mod:`cope.extractors`) -> prepro
 threads or Ray tasks) -> encode (batched across items) -> fuse -> project through trained heads (when the spec has
 them). The local job, the Ray engine and :class:`cope.api.CopeDB` all call this module; none has its own copy.
 
->>> pipeline = Pipeline.build(PipelineSpec(encoder=EncoderSpec(name="open_clip:ViT-S-32")))  # doctest: +SKIP
->>> vectors = pipeline.encode_queries(["a red ball"], domain="product")  # doctest: +SKIP
+>>> pipeline = Pipeline.build(PipelineSpec(encoder=EncoderSpec(name=TINY_MODEL)))
+>>> pipeline.tag
+'open_clip/test-tiny-16/random-seed0;fusion=image:0.5,text:0.5'
+>>> pipeline.encode_contents([pipeline.query_content(text="a red ball")], ["product"]).shape
+(1, 16)
 """
 
 from __future__ import annotations
