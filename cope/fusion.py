@@ -1,4 +1,8 @@
-"""Fusion: per item, the mean image vector, the text vector and one unified vector (weighted, re-normalised)."""
+"""Fusion: per item, the mean image vector, the text vector and one unified vector (weighted, re-normalised).
+
+Weights are finite, within ``[0, MAX_WEIGHT]`` (only their ratio matters; ``inf`` would make NaN vectors), and a
+fused vector that is not finite is refused rather than written.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cope.vectors import l2_normalize
 
+#: the largest fusion weight (weights are relative: 1e6 : 1 is already all one part)
+MAX_WEIGHT = 1e6
+
 
 class FusionConfig(BaseModel):
     """Weights of the image and text parts of the unified vector. Stored per-modality vectors allow re-fusing later."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    image_weight: float = Field(default=0.5, ge=0)
-    text_weight: float = Field(default=0.5, ge=0)
+    image_weight: float = Field(default=0.5, ge=0, le=MAX_WEIGHT, allow_inf_nan=False)
+    text_weight: float = Field(default=0.5, ge=0, le=MAX_WEIGHT, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _not_both_zero(self) -> FusionConfig:
@@ -36,4 +43,7 @@ def fuse(image: np.ndarray | None, text: np.ndarray | None, config: FusionConfig
         parts.append(config.text_weight * text)
     if not parts:  # the only modality present has weight 0: fall back to it rather than store a zero vector
         parts = [image if image is not None else text]
-    return l2_normalize(np.sum(parts, axis=0))
+    out = l2_normalize(np.sum(parts, axis=0))
+    if not np.isfinite(out).all():
+        raise ValueError("the fused vector is not finite (the encoder returned NaN or inf); refusing to store it")
+    return out

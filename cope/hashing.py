@@ -1,34 +1,119 @@
-"""Content hashes: a record's fields plus a fingerprint of every file it reads, computed without decoding."""
+"""Content hashes: a record's fields plus a fingerprint of every file it reads, computed without decoding; and the
+one place that checks media paths before anything opens them (:func:`stat_media`, :func:`open_media`).
+
+Only regular files are read: a folder, a FIFO (opening one for reading blocks until a writer comes), a device such
+as ``/dev/zero`` (endless), a socket, a symlink loop or a missing file is reported with its reason, never opened.
+Hashing never raises for such a path (its fingerprint names the problem); extraction then fails the record with
+the reason, which lands in the errors table while the job carries on.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Sequence
+from typing import BinaryIO
 
+from cope.errors import ExtractionError
 from cope.records import Record
 
 _FULL_HASH_LIMIT = 64 << 20  # files up to 64 MiB are hashed whole; larger ones by size, mtime, head and tail
 _EDGE = 4 << 20
 
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
-def file_fingerprint(path: str) -> str:
+
+def _not_regular(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _KINDS if test(mode)), "a special file")
+    return f"not a regular file ({kind})"
+
+
+def _stat_problem(path: str) -> tuple[os.stat_result | None, str | None]:
     try:
         st = os.stat(path)
-    except OSError:
+    except FileNotFoundError:
+        return None, "file not found (broken symlink)" if os.path.islink(path) else "file not found"
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return None, "symlink loop"
+        if e.errno == errno.ENOTDIR:
+            return None, "file not found (a parent in the path is not a folder)"
+        if e.errno in (errno.EACCES, errno.EPERM):
+            return None, "permission denied"
+        return None, f"cannot read ({e.strerror or type(e).__name__})"
+    except ValueError as e:  # an embedded NUL byte
+        return None, f"invalid path ({e})"
+    return st, _not_regular(st.st_mode)
+
+
+def stat_media(path: str | os.PathLike[str], max_bytes: int | None = None) -> os.stat_result:
+    """``os.stat`` of a media file, or :class:`ExtractionError` ``"<path>: <reason>"`` without opening anything:
+    "file not found", "symlink loop", "not a regular file (a FIFO)", "larger than N bytes (M bytes)"..."""
+    path = os.fspath(path)
+    if "://" in path:
+        raise ExtractionError(f"{path}: only local files are supported (download remote files first)")
+    st, problem = _stat_problem(path)
+    if problem is None and st is not None and max_bytes is not None and st.st_size > max_bytes:
+        problem = f"larger than {max_bytes} bytes ({st.st_size} bytes)"
+    if problem is not None or st is None:
+        raise ExtractionError(f"{path}: {problem}")
+    return st
+
+
+def open_media(path: str | os.PathLike[str], max_bytes: int | None = None) -> BinaryIO:
+    """Open a regular file for reading (checked before and, against a swap, after opening; the open never blocks
+    on a FIFO). Raises :class:`ExtractionError` with the reason, like :func:`stat_media`."""
+    path = os.fspath(path)
+    stat_media(path, max_bytes)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise ExtractionError(f"{path}: cannot open ({e.strerror or type(e).__name__})") from None
+    try:
+        st = os.fstat(fd)
+        problem = _not_regular(st.st_mode)
+        if problem is None and max_bytes is not None and st.st_size > max_bytes:
+            problem = f"larger than {max_bytes} bytes ({st.st_size} bytes)"
+        if problem is not None:
+            raise ExtractionError(f"{path}: {problem}")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def file_fingerprint(path: str) -> str:
+    """A fingerprint of a file's bytes (whole up to 64 MiB; beyond, size, mtime, head and tail). Never raises and
+    never blocks: a path that is not a readable regular file gives ``"missing"`` or ``"unreadable"``."""
+    st, problem = _stat_problem(path)
+    if st is None:
         return "missing"
+    if problem is not None:
+        return "unreadable"
     h = hashlib.blake2b(digest_size=16)
-    h.update(str(st.st_size).encode())
-    with open(path, "rb") as f:
-        if st.st_size <= _FULL_HASH_LIMIT:
-            while block := f.read(1 << 20):
-                h.update(block)
-        else:
-            h.update(str(st.st_mtime_ns).encode())
-            h.update(f.read(_EDGE))
-            f.seek(st.st_size - _EDGE)
-            h.update(f.read(_EDGE))
+    try:
+        with open_media(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            h.update(str(size).encode())
+            if size <= _FULL_HASH_LIMIT:
+                while block := f.read(1 << 20):
+                    h.update(block)
+            else:
+                h.update(str(st.st_mtime_ns).encode())
+                h.update(f.read(_EDGE))
+                f.seek(size - _EDGE)
+                h.update(f.read(_EDGE))
+    except (ExtractionError, OSError):
+        return "unreadable"
     return h.hexdigest()
 
 

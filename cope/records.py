@@ -2,17 +2,37 @@
 
 Every record has a ``domain`` and the domain's own id. Columns a record does not know are kept in ``metadata``
 (manifests often carry category, price, shop...). Relative file paths are resolved against the manifest's folder.
+
+Limits (refused with a message naming the field, never silently changed):
+
+* ids are scalars: a string or an integer (an integral float such as ``12.0`` from a CSV/pandas column is the id
+  ``"12"``); lists, objects, booleans and other floats are refused.
+* live-stream times (snapshot ``t``, ASR and on-sale ``start``/``end``) are finite and at most
+  :data:`MAX_STREAM_SECONDS` (10,000,000 s, about 115 days); ``slice_seconds`` is finite and at least
+  :data:`MIN_SLICE_SECONDS` (1 s). How many frames one record may decode is an extraction option
+  (:attr:`cope.content.ExtractOptions.max_frames_per_record`).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 Domain = Literal["product", "image", "video", "live"]
 DOMAINS: tuple[str, ...] = ("product", "image", "video", "live")
+
+#: the latest time (seconds since a live stream started) a record may name: about 115 days
+MAX_STREAM_SECONDS = 10_000_000.0
+#: the shortest live-stream slice
+MIN_SLICE_SECONDS = 1.0
+
+
+def _seconds(**kw: Any) -> Any:
+    """A time field: finite, within ``[0, MAX_STREAM_SECONDS]``."""
+    return Field(ge=0, le=MAX_STREAM_SECONDS, allow_inf_nan=False, **kw)
 
 
 class _Record(BaseModel):
@@ -48,10 +68,31 @@ class _Record(BaseModel):
 
 
 def _non_empty_id(v: Any) -> str:
-    v = str(v).strip() if v is not None else ""
+    """An id: a non-empty string or an integer (an integral float is the integer). Anything else is refused rather
+    than stringified (``["x"]`` would silently become the id ``"['x']"``)."""
+    if v is None:
+        raise ValueError("must be a non-empty id")
+    if isinstance(v, bool) or type(v).__name__ in ("bool", "bool_"):  # numpy's bool is no int subclass
+        raise ValueError(f"must be a string or an integer id, not a boolean ({v})")
+    if isinstance(v, numbers.Integral):  # int, numpy integers
+        return str(int(v))
+    if isinstance(v, numbers.Real):  # float, numpy floats: 12.0 from a pandas column with gaps is the id 12
+        f = float(v)
+        if not (math.isfinite(f) and f.is_integer()):
+            raise ValueError(f"must be a string or an integer id, not the number {f!r}")
+        return str(int(f))
+    if not isinstance(v, str):
+        kind = {list: "a list", tuple: "a list", dict: "an object"}.get(type(v), type(v).__name__)
+        raise ValueError(f"must be a string or an integer id, not {kind} ({_short(v)})")
+    v = v.strip()
     if not v:
         raise ValueError("must be a non-empty id")
     return v
+
+
+def _short(v: Any, limit: int = 60) -> str:
+    text = repr(v)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class ProductPage(_Record):
@@ -128,14 +169,14 @@ class VideoRecord(_Record):
 
 class Snapshot(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    t: float = Field(ge=0, description="seconds since the stream started")
+    t: float = _seconds(description="seconds since the stream started")
     uri: str
 
 
 class AsrSegment(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    start: float = Field(ge=0)
-    end: float = Field(ge=0)
+    start: float = _seconds()
+    end: float = _seconds()
     text: str
 
     @model_validator(mode="after")
@@ -149,9 +190,11 @@ class LiveItem(BaseModel):
     """A product on sale during ``[start, end)`` of a live stream (the product card shown to viewers)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    start: float = Field(ge=0)
-    end: float = Field(ge=0)
+    start: float = _seconds()
+    end: float = _seconds()
     item_id: str
+
+    _check_id = field_validator("item_id", mode="before")(_non_empty_id)
 
 
 class LiveStream(_Record):
@@ -167,7 +210,8 @@ class LiveStream(_Record):
     recording: str | None = None
     asr: list[AsrSegment] = Field(default_factory=list)
     items: list[LiveItem] = Field(default_factory=list, description="products on sale, by time")
-    slice_seconds: float = Field(default=30.0, gt=0)
+    slice_seconds: float = Field(default=30.0, ge=MIN_SLICE_SECONDS, le=MAX_STREAM_SECONDS, allow_inf_nan=False,
+                                 description="length of a slice (at least 1 s)")
 
     _check_id = field_validator("live_id", mode="before")(_non_empty_id)
 
@@ -206,5 +250,17 @@ Record = Annotated[ProductPage | ImageRecord | VideoRecord | LiveStream, Field(d
 RECORD_ADAPTER: TypeAdapter[Record] = TypeAdapter(Record)
 
 
+def _seconds_label(x: float) -> str:
+    """A slice bound as ``:g`` writes it (``30``, ``1.5``, ``123457``) below a million seconds, where slices of at
+    least 1 s never share a label; exact from there (``1000001``, where ``:g`` wrote ``1e+06`` for every second
+    from 999,999.5 to 1,000,005, so those slices got the same id)."""
+    short = f"{x:g}"
+    if "e" not in short:
+        return short
+    text = repr(float(x))  # the shortest exact decimal; no exponent below 1e16
+    return text.removesuffix(".0")
+
+
 def slice_item_id(live_id: str, start: float, end: float) -> str:
-    return f"live:{live_id}:{start:g}-{end:g}"
+    """``live:<live id>:<start>-<end>``; distinct slices get distinct ids (times are written exactly)."""
+    return f"live:{live_id}:{_seconds_label(start)}-{_seconds_label(end)}"

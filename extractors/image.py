@@ -1,4 +1,8 @@
-"""Images: Pillow decode with EXIF orientation, any mode to RGB, a pixel limit, and draft decoding for JPEG."""
+"""Images: Pillow decode with EXIF orientation, any mode to RGB, a pixel limit, and draft decoding for JPEG.
+
+Files are opened through :func:`cope.hashing.open_media`: regular files only, at most ``max_bytes``
+(:data:`cope.content.MAX_IMAGE_BYTES` by default).
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,17 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cope.content import Content, ExtractionError, ExtractOptions
+from cope.content import MAX_IMAGE_BYTES, Content, ExtractionError, ExtractOptions
+from cope.hashing import open_media, stat_media
 from cope.records import ImageRecord
 
 logger = logging.getLogger(__name__)
 
 
-def _check_local(uri: str) -> Path:
-    if "://" in uri:
-        raise ExtractionError(f"{uri}: only local files are supported (download remote files first)")
-    path = Path(uri)
-    if not path.is_file():
-        raise ExtractionError(f"{uri}: file not found")
-    return path
+def _check_local(uri: str, max_bytes: int | None = None) -> Path:
+    """A local regular file of at most ``max_bytes``, or ExtractionError with the reason (see ``stat_media``)."""
+    stat_media(uri, max_bytes)
+    return Path(uri)
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -39,16 +41,17 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_image(uri: str, max_pixels: int = 64_000_000, size_hint: int | None = None) -> Image.Image:
+def load_image(uri: str, max_pixels: int = 64_000_000, size_hint: int | None = None,
+               max_bytes: int | None = MAX_IMAGE_BYTES) -> Image.Image:
     """Open an image file as RGB. Raises ExtractionError with the reason when it cannot.
 
-    ``size_hint`` lets JPEG decode at a reduced scale (never below 2x the hint on the short side).
+    ``size_hint`` lets JPEG decode at a reduced scale (never below 2x the hint on the short side). Only a regular
+    file of at most ``max_bytes`` is opened.
     """
-    path = _check_local(uri)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), open_media(uri, max_bytes) as f:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(f)
             w, h = im.size
             if w * h > max_pixels:
                 raise ExtractionError(f"{uri}: {w}x{h} pixels exceeds the limit of {max_pixels} (decompression bomb?)")
@@ -67,7 +70,7 @@ def load_image(uri: str, max_pixels: int = 64_000_000, size_hint: int | None = N
 
 
 def extract_image(record: ImageRecord, options: ExtractOptions) -> list[Content]:
-    im = load_image(record.uri, options.max_image_pixels, options.image_size)
+    im = load_image(record.uri, options.max_image_pixels, options.image_size, options.max_image_bytes)
     return [
         Content(
             item_id=record.record_key,

@@ -15,10 +15,9 @@ def product_text(record: ProductPage) -> str:
 
 
 def extract_product(record: ProductPage, options: ExtractOptions) -> list[Content]:
-    images = [
-        load_image(uri, options.max_image_pixels, options.image_size)
-        for uri in record.images[: options.max_images_per_product]
-    ]
+    uris = record.images[: options.max_images_per_product]
+    options.check_frames(record.record_key, len(uris), "images")
+    images = [load_image(uri, options.max_image_pixels, options.image_size, options.max_image_bytes) for uri in uris]
     return [
         Content(
             item_id=record.record_key,

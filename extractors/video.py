@@ -1,4 +1,7 @@
-"""Short videos: N frames at segment centres, resized on decode. decord first; PyAV when decord is missing or fails."""
+"""Short videos: N frames at segment centres, resized on decode. decord first; PyAV when decord is missing or fails.
+
+Only a regular file of at most ``max_bytes`` (:data:`cope.content.MAX_VIDEO_BYTES` by default) is handed to a decoder.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from cope.content import Content, ExtractionError, ExtractOptions
+from cope.content import MAX_VIDEO_BYTES, Content, ExtractionError, ExtractOptions
 from cope.extractors.image import _check_local
 from cope.records import VideoRecord
 
@@ -118,10 +121,11 @@ def _decoders(choice: str) -> list[str]:
 
 def read_video_frames(
     uri: str, *, times: Sequence[float] | None = None, count: int | None = None, short_side: int | None = None,
-    decoder: str = "auto",
+    decoder: str = "auto", max_bytes: int | None = MAX_VIDEO_BYTES,
 ) -> tuple[list[Image.Image], VideoInfo]:
-    """Frames at given ``times`` (seconds), or ``count`` frames at segment centres. Falls back decord -> PyAV."""
-    _check_local(uri)
+    """Frames at given ``times`` (seconds), or ``count`` frames at segment centres. Falls back decord -> PyAV.
+    Only a regular file of at most ``max_bytes`` is opened."""
+    _check_local(uri, max_bytes)
     try:
         info = probe_av(uri)
     except ExtractionError:
@@ -151,9 +155,11 @@ def read_video_frames(
 
 
 def extract_video(record: VideoRecord, options: ExtractOptions) -> list[Content]:
+    count = record.num_frames or options.frames_per_video
+    options.check_frames(record.uri, count, "num_frames")
     frames, info = read_video_frames(
-        record.uri, count=record.num_frames or options.frames_per_video, short_side=options.image_size,
-        decoder=options.video_decoder,
+        record.uri, count=count, short_side=options.image_size, decoder=options.video_decoder,
+        max_bytes=options.max_video_bytes,
     )
     text = "\n".join(t.strip() for t in (record.title, record.caption, record.asr) if t.strip())
     return [

@@ -23,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="checkpoint folder (heads.safetensors + config.json + eval.json)")
     p.add_argument("--report", default=None, help="evaluation JSON path (default: OUT/eval.json)")
     g = p.add_argument_group("model")
-    g.add_argument("--dim", type=int, default=128, help="size of the shared space (COPE: 128)")
+    g.add_argument("--dim", type=int, default=128,
+                   help="size of the shared space (COPE: 128); at most the dimension of the table's vectors")
     g.add_argument("--per-domain-projection", action="store_true",
                    help="separate image/text projections per domain instead of shared ones + per-domain heads")
     g.add_argument("--hidden", type=int, default=0, help="width of a residual MLP in the projections (0: linear)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,7 @@ import numpy as np
 
 from cope._torchvision_fix import ensure_torchvision_importable
 from cope.encoders.base import Encoder, l2_normalize
+from cope.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -28,6 +30,15 @@ def file_fingerprint(path: str | os.PathLike[str]) -> str:
 
 
 _CONFIGS_ADDED = False
+#: characters kept per token of the text context (the longest CLIP BPE token is 32 bytes, plus a separator)
+TEXT_CHARS_PER_TOKEN = 40
+
+
+def cap_text(text: str, max_chars: int) -> str:
+    """``text`` cut to ``max_chars`` characters (whitespace runs collapsed first); short texts are left as they are."""
+    if len(text) <= max_chars:
+        return text
+    return " ".join(text[: 4 * max_chars].split())[:max_chars]
 
 
 def register_model_configs() -> None:
@@ -63,6 +74,12 @@ class OpenClipEncoder(Encoder):
     ``.safetensors`` checkpoint, a ``local-dir:<folder>`` holding ``open_clip_config.json`` and the weights, or an
     open_clip pretrained tag (needs the model hub).
 
+    Text length: the model reads the first ``context_length`` tokens of a text (77 for CLIP) and the tokenizer drops
+    the rest, but it tokenizes the whole text first, so one 5 MB title costs gigabytes. Texts are therefore cut to
+    :attr:`max_text_chars` = ``TEXT_CHARS_PER_TOKEN`` (40) x ``context_length`` characters (3,080 for CLIP), after
+    collapsing runs of whitespace, before tokenizing. No CLIP BPE token spans more than 32 characters, so the
+    tokens the model reads come from within the cut and their vectors are the same as without it.
+
     >>> enc = OpenClipEncoder("ViT-S-32", pretrained=None)  # doctest: +SKIP
     >>> enc.encode_texts(["a red dress"]).shape  # doctest: +SKIP
     (1, 384)
@@ -88,6 +105,9 @@ class OpenClipEncoder(Encoder):
         model_name = arch
         if pretrained and pretrained.startswith("local-dir:"):
             model_name, pretrained = pretrained, None
+        local_weights = pretrained if pretrained and os.path.exists(pretrained) else None
+        if local_weights is not None and not os.path.isfile(local_weights):
+            raise UsageError(f"--pretrained {local_weights}: not a weights file (a folder? use local-dir:<folder>)")
         if arch.startswith("local-dir:"):
             folder = Path(arch.split(":", 1)[1])
             weights = sorted(folder.glob("open_clip_model.*")) or sorted(folder.glob("*.safetensors"))
@@ -101,13 +121,28 @@ class OpenClipEncoder(Encoder):
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=pretrained, device=self.device
-            )
+            try:
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    model_name, pretrained=pretrained, device=self.device
+                )
+            except Exception as e:  # a pickle torch refuses to unpickle, a truncated file, weights of another model
+                if local_weights is None:
+                    raise
+                if isinstance(e, pickle.UnpicklingError):  # torch.load(weights_only=True) refused to run a pickle
+                    why = "a pickle of Python objects, not a plain tensor state dict"
+                else:
+                    why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+                raise UsageError(
+                    f"--pretrained {local_weights}: not loadable {arch} weights ({why}); pass a .safetensors or .pt "
+                    "state dict of this architecture (pickled objects are never loaded)"
+                ) from None
         model.eval()
         self.model = model
         self._preprocess = preprocess
         self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.context_length = int(getattr(self.tokenizer, "context_length", None) or 77)
+        #: texts are cut to this many characters before tokenizing (see the class docstring)
+        self.max_text_chars = TEXT_CHARS_PER_TOKEN * self.context_length
         self.arch = model_name
         self._spec = {"name": arch if arch.startswith("local-dir:") else f"open_clip:{arch}",
                       "options": {**({"pretrained": original_pretrained} if original_pretrained else {}),
@@ -142,7 +177,8 @@ class OpenClipEncoder(Encoder):
         out = [np.zeros((0, self.dim), dtype=np.float32)]
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
-                tokens = self.tokenizer(list(texts[start : start + batch_size])).to(self.device)
+                chunk = [cap_text(t, self.max_text_chars) for t in texts[start : start + batch_size]]
+                tokens = self.tokenizer(chunk).to(self.device)
                 out.append(self.model.encode_text(tokens).float().cpu().numpy())
         return l2_normalize(np.concatenate(out, axis=0))
 

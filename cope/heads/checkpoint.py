@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
-from cope.errors import HeadsMismatchError, InputNotFoundError
+from cope.errors import HeadsMismatchError, InputNotFoundError, UsageError
 from cope.heads.model import HEADS_FORMAT, CopeHeads, HeadsConfig
 
 logger = logging.getLogger(__name__)
@@ -69,8 +70,11 @@ def save_heads(heads: CopeHeads, out: str | Path, extra: dict[str, Any] | None =
 def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     path = Path(path)
     folder = path.parent if path.suffix == ".safetensors" or path.name == CONFIG_FILE else path
+    if folder is path and path.exists() and not path.is_dir():
+        raise UsageError(f"{path} is a file, not a heads checkpoint folder (pickles and other formats are never "
+                         "loaded); pass the folder written by `cope train --out FOLDER`")
     weights, config = folder / WEIGHTS_FILE, folder / CONFIG_FILE
-    if not weights.exists() or not config.exists():
+    if not weights.is_file() or not config.is_file():  # regular files only: a FIFO would block the read
         raise InputNotFoundError(
             f"no heads checkpoint at {path}: expected {WEIGHTS_FILE} and {CONFIG_FILE} in {folder} "
             "(written by `cope train --out FOLDER`)"
@@ -78,13 +82,30 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     return weights, config
 
 
+def _not_heads(where: Path, why: str) -> UsageError:
+    return UsageError(f"{where} is not a cope heads checkpoint ({why}); pass a folder written by `cope train --out`")
+
+
 def read_heads_config(path: str | Path) -> tuple[HeadsConfig, str, dict[str, Any]]:
-    """(config, fingerprint, training info) of a checkpoint, without loading the weights."""
+    """(config, fingerprint, training info) of a checkpoint, without loading the weights. A config that is not one
+    (unreadable, not JSON, edited into an invalid one) is refused with :class:`UsageError`."""
     _, config_path = resolve_checkpoint(path)
-    payload = json.loads(config_path.read_text())
-    if payload.get("heads", {}).get("format") != HEADS_FORMAT:
-        raise ValueError(f"{config_path} is not a cope heads checkpoint config")
-    return HeadsConfig.model_validate(payload["heads"]), str(payload.get("fingerprint", "")), payload.get("training", {})
+    try:
+        payload = json.loads(config_path.read_bytes())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise _not_heads(config_path, f"{type(e).__name__}: {e}") from None
+    heads = payload.get("heads") if isinstance(payload, dict) else None
+    if not isinstance(heads, dict) or heads.get("format") != HEADS_FORMAT:
+        raise _not_heads(config_path, f"no 'heads' object of format {HEADS_FORMAT!r}")
+    try:
+        config = HeadsConfig.model_validate(heads)
+    except ValidationError as e:
+        why = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise _not_heads(config_path, f"invalid 'heads': {why}") from None
+    fp, training = payload.get("fingerprint", ""), payload.get("training", {})
+    if not isinstance(fp, str) or not isinstance(training, dict):
+        raise _not_heads(config_path, "'fingerprint' must be a string and 'training' an object")
+    return config, fp, training
 
 
 def check_compatible(config: HeadsConfig, model_tag: str | None, dim: int | None, where: str = "the table") -> None:
@@ -110,14 +131,26 @@ def load_heads(
     weights_path, _ = resolve_checkpoint(path)
     config, fp, _ = read_heads_config(path)
     check_compatible(config, model_tag, dim)
-    state = load_file(str(weights_path), device="cpu")
+    try:
+        state = load_file(str(weights_path), device="cpu")  # safetensors: never unpickles anything
+    except Exception as e:  # SafetensorError (a pickle, a truncated file), OSError
+        raise _not_heads(weights_path, f"not a safetensors file: {type(e).__name__}: {e}; pickles are never "
+                         "loaded") from None
     actual = fingerprint(state)
     if fp and actual != fp:
-        raise ValueError(f"{weights_path} does not match its config.json (fingerprint {actual} != {fp}); "
-                         "the checkpoint was modified or mixed from two runs: train again")
+        raise HeadsMismatchError(f"{weights_path} does not match its config.json (fingerprint {actual} != {fp}); "
+                                 "the checkpoint was modified or mixed from two runs: train again")
     heads = CopeHeads(config)
-    missing, unexpected = heads.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{weights_path}: weights do not fit the config (missing {missing}, unexpected {unexpected})")
+    expected = heads.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or wrong:
+        raise HeadsMismatchError(
+            f"{weights_path}: the weights do not fit config.json (missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"shapes {wrong[:3]}); the checkpoint was modified or mixed from two runs: train again"
+        )
+    heads.load_state_dict(state, strict=True)
     heads.fingerprint = actual
     return heads.to(device).eval()

@@ -27,6 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
+from cope.errors import UsageError
 from cope.evaluation import RetrievalResult, evaluate_directions
 from cope.heads.checkpoint import fingerprint, heads_model_tag, save_heads
 from cope.heads.model import CopeHeads, HeadsConfig
@@ -52,7 +53,7 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dim: int = Field(default=128, ge=2, description="size of the shared space")
+    dim: int = Field(default=128, ge=2, description="size of the shared space (at most the stored vectors' dimension)")
     shared_projection: bool = Field(default=True, description="one image and one text projection for all domains")
     hidden: int = Field(default=0, ge=0, description="width of a residual MLP in the projections (0: linear)")
     init: Literal["pca", "random"] = Field(default="pca", description="projection start: PCA of the data or random")
@@ -283,6 +284,11 @@ def train(
 
 def _train(data: ItemVectors, config: TrainConfig, split: ProductSplit | None, labels_source: str) -> TrainResult:
     start = time.perf_counter()
+    if config.dim > data.dim:
+        raise UsageError(
+            f"--dim {config.dim} is larger than the table's {data.dim}-d vectors: heads project down (a larger space "
+            f"adds nothing to learn from); use --dim {data.dim} or less"
+        )
     domains = ordered_domains(data.domains)
     if len(domains) < 2:
         raise ValueError(f"training needs items of at least two domains; the labelled items are all {domains}")
