@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from cope.errors import CopeError
 
-COMMANDS = ["embed", "demo", "errors", "eval", "index", "stats", "train", "reproject", "join"]
+COMMANDS = ["embed", "demo", "errors", "eval", "index", "stats", "check", "train", "reproject", "join"]
 
 EXIT_USAGE = 2
 

@@ -37,9 +37,19 @@ def error_row(key: str, origin: str, stage: str, reason: str, tag: str) -> dict[
 
 def select_todo(store: ItemStore, records: Sequence[Record], digests: Sequence[str]) -> list[bool]:
     """The skip decision: a record is done when every stored row of it has its current content hash (the table's
-    pipeline is fixed, so the hash alone decides)."""
-    stored = store.stored_hashes([r.record_key for r in records])
-    return [stored.get(r.record_key) != {d} for r, d in zip(records, digests)]
+    pipeline is fixed, so the hash alone decides).
+
+    Item ids of these records stored more than once (left by an older version) are repaired first: the newest row
+    of each stays. Callers run under the run's write lease (the driver's, for Ray tasks).
+    """
+    keys = [r.record_key for r in records]
+    stored = store.stored_records(keys)
+    if stored.duplicates:
+        removed = store.repair_duplicates(sorted(stored.duplicates))
+        logger.warning("%d item ids were stored more than once (%s); removed %d older rows, kept the newest of each",
+                       len(stored.duplicates), ", ".join(sorted(stored.duplicates)[:5]), removed)
+        stored = store.stored_records(keys)
+    return [stored.hashes.get(r.record_key) != {d} for r, d in zip(records, digests)]
 
 
 def write_rows(store: ItemStore, rows: list[dict[str, Any]]) -> None:
@@ -106,15 +116,26 @@ class EmbedCore:
 
     # -- bookkeeping ---------------------------------------------------------------------------------------------
     def valid(self, chunk: Sequence[ManifestRow]) -> list[ManifestRow]:
-        """The rows that are records; the others are reported (with file and line) and counted."""
-        out = []
+        """The rows that are records, one per record key (the last one wins, with a warning); invalid rows are
+        reported (with file and line) and counted.
+
+        The first call takes the table's write lease for this run (one writer per table; a second run waits
+        ``COPE_LEASE_WAIT`` seconds, then fails with a message naming the holder); every call checks it is held.
+        """
+        lease = self.store.acquire_lease(purpose="cope embed", take_over_own=True)
+        lease.check()
+        out: dict[str, ManifestRow] = {}
         for row in chunk:
             if row.record is None:
                 self.summary.invalid += 1
                 self.fail(f"manifest:{row.where}", row.where, "manifest", row.error or "invalid row")
-            else:
-                out.append(row)
-        return out
+                continue
+            key = row.record.record_key
+            earlier = out.pop(key, None)
+            if earlier is not None:
+                logger.warning("%s: %s repeats the record of %s; the later row wins", row.where, key, earlier.where)
+            out[key] = row
+        return list(out.values())
 
     def skipped(self, n: int = 1) -> None:
         self.summary.skipped += n

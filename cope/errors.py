@@ -39,3 +39,7 @@ class ItemNotFoundError(CopeError, LookupError):
 
 class MissingExtraError(CopeError, ImportError):
     """An optional dependency is not installed; the message names the extra (``pip install 'cope[ray]'``)."""
+
+
+class TableBusyError(CopeError):
+    """Another run holds the write lease on the table (one writer per table), or this run lost it."""
