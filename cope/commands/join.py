@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cope.errors import UsageError
+
 EXIT_REJECTS = 3
 
 
@@ -13,7 +15,7 @@ def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
     for v in values or []:
         key, sep, val = v.partition("=")
         if not sep or not key or not val:
-            raise ValueError(f"{flag} takes KEY=VALUE, got {v!r}")
+            raise UsageError(f"{flag} takes KEY=VALUE, got {v!r}")
         out[key.strip()] = val.strip()
     return out
 
@@ -24,7 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Map each event of the logs (user, time, domain, id; live: offset or start/end seconds) onto "
         "the store item it points at, give it a product key (link table, else nearest product vector above "
         "--threshold), and write events.parquet, sequences.parquet, rejects.parquet, product_links.parquet and "
-        "report.json to OUT. Bad rows are reported with file and line, never dropped silently.")
+        "report.json to OUT. Bad rows are reported with file and line, never dropped silently; a log that cannot be "
+        "read to its end (an unterminated quote, say) stops the run with exit code 2.")
     p.add_argument("events", nargs="+", help="behaviour logs: Parquet, CSV/TSV or JSONL files, folders or globs")
     p.add_argument("--db", required=True, help="LanceDB directory or URI with the item table")
     p.add_argument("--out", required=True, help="output folder")

@@ -28,7 +28,8 @@ from cope.join.links import (
     nearest_products,
     register_content_links,
 )
-from cope.join.report import JoinReport, UserStats, build_report
+from cope.join.logfiles import EventLogError
+from cope.join.report import JoinReport, SourceCounts, UserStats, build_report
 from cope.join.sequences import SequenceBuilder
 from cope.join.sql import arrow_reader, arrow_table, connect, copy_to_parquet, lit
 from cope.join.writers import BackgroundParquetWriter
@@ -108,6 +109,7 @@ class _Join:
         self.model_tag = store.model_tag or ""
         self.paths = {k: out / v for k, v in OUTPUT_FILES.items()}
         self.seconds: dict[str, float] = {}
+        self.source_counts: list[SourceCounts] = []
         self.cpu_seconds: dict[str, float] = {}
         self._cpu = time.process_time()
 
@@ -179,6 +181,7 @@ class _Join:
                               top_unmatched=self.config.top_unmatched, reject_examples=self.config.reject_examples)
         report.model_tag = self.model_tag
         report.inputs = logs.source_names
+        report.events.sources = self.source_counts
         report.outputs = {k: str(p) for k, p in self.paths.items()}
         report.links = report.links.model_copy(update={
             "link_table_rows": link_counts["rows"], "link_table_invalid": link_counts["invalid"],
@@ -259,12 +262,30 @@ class _Join:
         FROM allrows
         ORDER BY user_id, ts, _src, _line, part"""
 
+    @staticmethod
+    def _check_counts(logs: EventLogs, valid: np.ndarray, rejected: np.ndarray) -> list[SourceCounts]:
+        """Every row of every file is an event or a reject: stop (before any output is kept) where one is not."""
+        counts = []
+        for k, (src, c) in enumerate(zip(logs.sources, logs.counts)):
+            sc = SourceCounts(source=src.path, format=src.format, rows=c.rows, valid=int(valid[k]),
+                              rejected=int(rejected[k]), lines=c.lines, blank_lines=c.blank_lines)
+            if sc.valid + sc.rejected != sc.rows:
+                raise EventLogError(
+                    f"{src.path}: {sc.rows} rows in the file, but {sc.valid} were joined and {sc.rejected} rejected "
+                    f"({sc.rows - sc.valid - sc.rejected:+d} unaccounted for); cope join stops rather than write "
+                    "a result that loses or repeats rows: please report this with the file")
+            counts.append(sc)
+        return counts
+
     def _write_events_and_sequences(self, logs: EventLogs) -> UserStats:
         """Stream the sorted join once: each batch goes to ``events.parquet`` and to the sequence builder.
 
         DuckDB sorts narrow rows (file index, item row number, one-byte domain); the path, item id, product key,
         link source and score are put back here with vectorised takes, batch by batch.
         """
+        rejected = np.zeros(len(logs.sources), np.int64)  # per source, to check against the files' own counts
+        for src, count in self.con.execute("SELECT _src, count(*) FROM events_rejects GROUP BY _src").fetchall():
+            rejected[src] = count
         reader = arrow_reader(self.con, self._events_sql(logs), self.config.batch_rows)
         sources = pa.array(logs.source_names, pa.string())
         tags = pa.array([self.model_tag], pa.string())
@@ -281,10 +302,13 @@ class _Join:
                                          # dictionaries only where few values repeat
                                          use_dictionary=["source", "domain", "action", "link_source", "model_tag"],
                                          write_statistics=["user_id", "ts", "domain", "line"])
+        valid = np.zeros(len(logs.sources), np.int64)
         n = 0
         try:
             for batch in reader:
                 m = batch.num_rows
+                first = batch.column("part").to_numpy() == 0  # one row per event (a live watch may have several)
+                valid += np.bincount(batch.column("_src").to_numpy()[first], minlength=len(valid))
                 idx = batch.column("idx")
                 domain = batch.column("domain")
                 domain = domain.dictionary_decode() if pa.types.is_dictionary(domain.type) else domain
@@ -303,6 +327,7 @@ class _Join:
                 writer.write(out)
                 sequences.add(out)
                 n += m
+            self.source_counts = self._check_counts(logs, valid, rejected)
         except BaseException:
             writer.close(commit=False)
             sequences.abort()

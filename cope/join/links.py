@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cope.errors import UsageError
 from cope.join.config import JoinConfig
 from cope.join.events import expand_inputs
 from cope.join.sql import arrow_table, columns_of, ident, lit
@@ -57,7 +58,7 @@ def load_link_tables(con: duckdb.DuckDBPyConnection, paths: Sequence[str | Path]
         cols = {k: next((by_lower[c] for c in cand if c in by_lower), None) for k, cand in LINK_CANDIDATES.items()}
         missing = [k for k in ("domain", "id", "product_id") if cols[k] is None]
         if missing:
-            raise ValueError(f"link table {src.path} lacks {missing} (columns: {', '.join(available)}); a link "
+            raise UsageError(f"link table {src.path} lacks {missing} (columns: {', '.join(available)}); a link "
                              "table has columns domain, id, product_id and, for live streams, optional start/end")
 
         def text(k: str, cols: dict[str, str | None] = cols) -> str:

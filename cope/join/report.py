@@ -24,12 +24,26 @@ class RejectExample(BaseModel):
         return f"{self.source}:{self.line}: {self.reason}" + (f" ({self.value!r})" if self.value else "")
 
 
+class SourceCounts(BaseModel):
+    """One input file: its rows counted without the parser, and what became of them (``valid + rejected ==
+    rows``, or the join stops)."""
+
+    source: str
+    format: str
+    rows: int  # Parquet: rows in the footer; JSONL: non-blank lines; CSV: records (header excluded)
+    valid: int = 0
+    rejected: int = 0
+    lines: int | None = None  # physical lines of a text file
+    blank_lines: int | None = None
+
+
 class EventCounts(BaseModel):
     rows_read: int = 0
     valid: int = 0
     rejected: int = 0
     rejected_by_reason: dict[str, int] = Field(default_factory=dict)
     reject_examples: list[RejectExample] = Field(default_factory=list)
+    sources: list[SourceCounts] = Field(default_factory=list)  # per input file, in input order
 
 
 class DomainCoverage(BaseModel):
