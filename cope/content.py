@@ -46,6 +46,12 @@ class ExtractOptions(BaseModel):
                                        "(memory bound)")
     image_size: int | None = Field(default=224, ge=16)
     video_decoder: str = Field(default="auto", pattern="^(auto|decord|av)$")
+    ocr: bool = Field(default=False, description="read text written in pictures (OCR; needs cope[ocr])")
+    ocr_max_side: int = Field(default=640, ge=64, le=4096, description="pictures are downscaled to this longer "
+                              "side before OCR")
+    ocr_images: int = Field(default=3, ge=1, le=32, description="pictures read per item (spread over a video's "
+                            "frames, a slice's snapshots or a product's images)")
+    ocr_min_score: float = Field(default=0.5, ge=0, le=1, description="lines read with a lower score are dropped")
 
     def check_frames(self, where: str, n: int, what: str, hint: str = "") -> None:
         """Refuse a record that would decode ``n`` pictures, more than ``max_frames_per_record``."""
@@ -71,6 +77,12 @@ class Content:
     metadata: dict[str, Any] = field(default_factory=dict)
     #: a file that shows the item (main image, video, the slice's first snapshot), for thumbnails
     media_uri: str | None = None
+    #: what the slice says (live streams: its ASR), joined with the OCR text in the ``ocr`` part
+    speech: str = ""
+    #: text read in the pictures (OCR, when switched on), its mean confidence, or why reading failed
+    ocr_text: str = ""
+    ocr_confidence: float | None = None
+    ocr_error: str | None = None
 
     def __post_init__(self) -> None:
         if not self.images and not self.text.strip():

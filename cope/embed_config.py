@@ -59,6 +59,10 @@ class EmbedSummary:
     model_tag: str = ""
     errors: list[str] = field(default_factory=list)  # the first few reasons, for the summary
     unindexed: int | None = None  # rows not yet in the table's ANN index (searched exactly); None: no ANN index
+    ocr_failed: int = 0  # records written without their OCR part (the reason is in the errors table)
+    ocr_read: int = 0  # pictures read by OCR in this run
+    ocr_cached: int = 0  # pictures whose text came from the OCR cache
+    ocr_ms: int = 0  # time spent reading pictures, summed over the extraction workers
 
     @property
     def items_per_second(self) -> float:
@@ -66,7 +70,7 @@ class EmbedSummary:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_SOME_FAILED if (self.failed or self.invalid) else EXIT_OK
+        return EXIT_SOME_FAILED if (self.failed or self.invalid or self.ocr_failed) else EXIT_OK
 
     def __str__(self) -> str:
         return (
@@ -74,4 +78,6 @@ class EmbedSummary:
             f"failed {self.failed}, invalid rows {self.invalid}; {self.seconds:.1f} s, "
             f"{self.items_per_second:.1f} items/s"
             + (f"; {self.unindexed} rows not in the ANN index yet (run `cope index`)" if self.unindexed else "")
+            + (f"; OCR read {self.ocr_read} pictures ({self.ocr_cached} cached, {self.ocr_failed} records failed)"
+               if self.ocr_read or self.ocr_cached or self.ocr_failed else "")
         )

@@ -14,11 +14,12 @@ from typing import Any
 import pyarrow as pa
 
 from cope.embed_config import EXIT_OK, EXIT_SOME_FAILED, EmbedConfig, EmbedSummary
-from cope.embedding import Pipeline
+from cope.embedding import Pipeline, Prepared
 from cope.encoders.base import Encoder
 from cope.errors import InputNotFoundError
 from cope.hashing import record_hash
 from cope.manifest import ManifestRow, read_manifest
+from cope.pipeline import PipelineSpec
 from cope.records import Record
 from cope.store import ItemStore
 
@@ -63,6 +64,24 @@ def resolve_db(db: str | os.PathLike[str]) -> str:
     return str(db) if "://" in str(db) else str(Path(db).resolve())
 
 
+def _stored_spec(db: str, table: str) -> PipelineSpec | None:
+    """The pipeline spec a table records (None: no such database, table or spec); creates nothing."""
+    if "://" not in db and not Path(db).is_dir():
+        return None
+    store = ItemStore.open(db, table)
+    return PipelineSpec.from_metadata(store.metadata) if store.exists else None
+
+
+def _same_request(stored: PipelineSpec, asked: PipelineSpec) -> bool:
+    """Whether a table's spec is what a run asks for, up to what only building the models tells (the weights'
+    fingerprint) and where the heads were found."""
+    def request(spec: PipelineSpec) -> PipelineSpec:
+        heads = spec.heads.model_copy(update={"uri": None}) if spec.heads else None
+        return spec.model_copy(update={"encoder_tag": None, "encoder_dim": None, "heads": heads})
+
+    return request(stored) == request(asked)
+
+
 def manifest_paths(manifests: Sequence[str | os.PathLike[str]]) -> list[Path]:
     paths = [Path(m) for m in manifests]
     for p in paths:
@@ -72,29 +91,61 @@ def manifest_paths(manifests: Sequence[str | os.PathLike[str]]) -> list[Path]:
 
 
 class EmbedCore:
-    """Bookkeeping of one embed run: the table, the summary, buffered rows and errors."""
+    """Bookkeeping of one embed run: the table, the summary, buffered rows and errors.
 
-    def __init__(self, db: str, config: EmbedConfig, pipeline: Pipeline) -> None:
+    The pipeline's models are built on first use (:attr:`pipeline`): when the table already records the pipeline the
+    run asks for, a run with nothing new to embed never loads a model.
+    """
+
+    def __init__(self, db: str, config: EmbedConfig, spec: PipelineSpec, pipeline: Pipeline | None = None,
+                 encoder: Encoder | None = None) -> None:
         self.db = db
         self.config = config
-        self.pipeline = pipeline
-        self.spec = pipeline.spec
+        self.spec = spec
+        self._pipeline = pipeline
+        self._encoder = encoder
         self.store = ItemStore.open(db, config.table, model_tag=self.spec.tag, dim=self.spec.dim)
         self.summary = EmbedSummary(model_tag=self.spec.tag)
         self._rows: list[dict[str, Any]] = []
         self._errors: list[dict[str, Any]] = []
 
+    @property
+    def pipeline(self) -> Pipeline:
+        """The run's pipeline, built (models loaded) on first use; its encoder must match the spec's weights."""
+        if self._pipeline is None:
+            self._pipeline = Pipeline.build(self.spec, encoder=self._encoder, db=self.db, device=self.config.device,
+                                            threads=self.config.threads)
+        return self._pipeline
+
+    @property
+    def pipeline_built(self) -> bool:
+        return self._pipeline is not None
+
+    def release_pipeline(self) -> None:
+        """Drop the models (the Ray driver needs none once the workers have the spec)."""
+        self._pipeline = None
+
     @classmethod
     def open(cls, db: str | os.PathLike[str], config: EmbedConfig, encoder: Encoder | None = None) -> EmbedCore:
-        """Build the run's pipeline (encoder, heads) and open its table, refusing a table of another pipeline."""
+        """The run's pipeline spec and table, refusing a table of another pipeline.
+
+        When the table records exactly the pipeline the config asks for (encoder name and options, extraction,
+        fusion, heads), that spec is used as it is and the models load only when a record needs them; otherwise
+        the pipeline is built now, to learn its tag (the weights' fingerprint) before anything is written.
+        """
         db = resolve_db(db)
         spec = config.pipeline_spec()
         if config.heads:
             from cope.heads import heads_ref
 
             spec = spec.model_copy(update={"heads": heads_ref(config.heads)})
+        if encoder is None:
+            stored = _stored_spec(db, config.table)
+            if stored is not None and _same_request(stored, spec):
+                logger.debug("table %r records this pipeline (%s): models load when needed", config.table, stored.tag)
+                return cls(db, config, stored)
         pipeline = Pipeline.build(spec, encoder=encoder, db=db, device=config.device, threads=config.threads)
-        return cls(db, config, pipeline)
+        return cls(db, config, pipeline.spec, pipeline)
 
     @property
     def tag(self) -> str:
@@ -106,7 +157,7 @@ class EmbedCore:
             from cope.heads import install_heads
 
             install_heads(self.spec.heads, self.db)
-        self.store.ensure_table(self.spec.tag, self.spec.dim, self.spec.to_metadata())
+        self.store.ensure_table(self.spec.tag, self.spec.dim, self.spec.to_metadata(), ocr=self.spec.extract.ocr)
 
     def manifest_rows(self, manifests: Sequence[str | os.PathLike[str]]) -> Iterator[ManifestRow]:
         paths = manifest_paths(manifests)
@@ -140,8 +191,9 @@ class EmbedCore:
     def skipped(self, n: int = 1) -> None:
         self.summary.skipped += n
 
-    def fail(self, key: str, origin: str, stage: str, reason: str, *, buffered: bool = True) -> None:
-        if stage != "manifest":
+    def fail(self, key: str, origin: str, stage: str, reason: str, *, buffered: bool = True,
+             counted: bool = True) -> None:
+        if stage != "manifest" and counted:
             self.summary.failed += 1
         if len(self.summary.errors) < MAX_REPORTED:
             self.summary.errors.append(f"{origin}: {reason}")
@@ -157,29 +209,56 @@ class EmbedCore:
     def add_rows(self, rows: list[dict[str, Any]]) -> None:
         self._rows.extend(rows)
 
+    def ready(self, prepared: Prepared) -> bool:
+        """Whether an extracted record goes on to the model; a failed extraction is recorded. An OCR failure is
+        recorded too, but the record goes on (it keeps its image and text parts)."""
+        assert prepared.record is not None
+        if prepared.error is not None:
+            self.fail(prepared.record.record_key, prepared.origin, "extract", prepared.error)
+            return False
+        reasons = [f"{c.item_id}: {c.ocr_error}" for c in prepared.contents if c.ocr_error]
+        if reasons:
+            self.summary.ocr_failed += 1
+            self.fail(prepared.record.record_key, prepared.origin, "ocr", "; ".join(reasons), counted=False)
+        return True
+
     def flush(self, force: bool = False) -> None:
-        if self._rows and (force or len(self._rows) >= self.config.write_every):
+        """Write buffered rows, then errors (after the rows: an upsert clears the errors of its records, and an OCR
+        failure belongs to a record that is written)."""
+        n = self.config.write_every
+        if not (force or len(self._rows) >= n or len(self._errors) >= n):
+            return
+        if self._rows:
             self.ensure_table()
             write_rows(self.store, self._rows)
             self._rows = []
-        if self._errors and (force or len(self._errors) >= self.config.write_every):
+        if self._pipeline is not None:
+            self._pipeline.flush()
+        if self._errors:
             self.store.record_errors(self._errors)
             self._errors = []
 
     def finish(self, seconds: float) -> EmbedSummary:
-        """Write what is buffered, compact, report the index state and log the summary."""
+        """Write what is buffered, compact, report the index state, release the write lease, log the summary."""
         self.flush(force=True)
         self.summary.seconds = seconds
-        if self.summary.done:
-            self.store = ItemStore.open(self.db, self.config.table)  # rows may have been written by other processes
-        if self.config.compact and self.summary.done and self.store.exists:
-            self.store.compact()  # lance's optimize: also folds the new rows into existing ANN indexes
-        if self.summary.done and self.store.exists:
+        store = self.store
+        if self.summary.done and not store.exists:  # the table was created by other processes (Ray tasks)
+            store = ItemStore.open(self.db, self.config.table)
+        if self.config.compact and self.summary.done and store.exists:
+            store.compact()  # lance's optimize (under this run's lease): folds new rows into existing ANN indexes
+        if self.summary.done and store.exists:
             from cope.store.index import index_report
 
-            report = index_report(self.store.table)
+            store.table.checkout_latest()  # rows may have been written by other processes
+            report = index_report(store.table)
             self.summary.unindexed = report.unindexed_rows if report.vector_index() else None
-            logger.info("index state of %r: %s", self.store.name, report)
+            logger.info("index state of %r: %s", store.name, report)
+        if self._pipeline is not None and self.spec.extract.ocr:
+            self.summary.ocr_read = self._pipeline.ocr_stats.get("read", 0)
+            self.summary.ocr_cached = self._pipeline.ocr_stats.get("cached", 0)
+            self.summary.ocr_ms = self._pipeline.ocr_stats.get("ms", 0)
+        self.store.release_lease()
         logger.info("%s", self.summary)
         return self.summary
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from cope.encoders import Encoder
+    from cope.extractors.ocr import OcrCache
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Prepared:
 
 @dataclass
 class Parts:
-    """Per content: the fused vector, the image and text parts (zero rows where absent) and which parts exist."""
+    """Per content: the fused vector, the image, text and OCR parts (zero rows where absent) and which exist."""
 
     vector: np.ndarray
     image: np.ndarray
@@ -80,17 +81,33 @@ class Parts:
     has_image: np.ndarray
     has_text: np.ndarray
     n_images: list[int]
+    ocr: np.ndarray | None = None  # None: the pipeline does not read pictures
+    has_ocr: np.ndarray | None = None
+
+
+def ocr_part_text(content: Content) -> str:
+    """The text of a content's OCR part: what was read in its pictures, joined (for a live slice) with what was
+    said in it; empty when nothing was read."""
+    if not content.ocr_text.strip():
+        return ""
+    return "\n".join(t for t in (content.ocr_text.strip(), content.speech.strip()) if t)
 
 
 def prepare_record(
-    record: Record, origin: str, digest: str, preprocess: Callable[[Any], torch.Tensor], options: ExtractOptions
+    record: Record, origin: str, digest: str, preprocess: Callable[[Any], torch.Tensor], options: ExtractOptions,
+    ocr_cache: OcrCache | None = None, ocr_stats: dict[str, int] | None = None,
 ) -> Prepared:
-    """Decode a record and preprocess its images into model tensors (runs in worker threads or Ray tasks)."""
+    """Decode a record, read the text in its pictures (when ``options.ocr``) and preprocess its images into model
+    tensors (runs in worker threads or Ray tasks)."""
     from cope.extractors import extract
 
     prepared = Prepared(record, origin, digest)
     try:
         prepared.contents = extract(record, options)
+        if options.ocr:
+            from cope.extractors.ocr import add_ocr
+
+            add_ocr(prepared.contents, options, ocr_cache, ocr_stats)
         _preprocess(prepared, preprocess)
     except ExtractionError as e:
         prepared.error = str(e)
@@ -120,10 +137,14 @@ def default_query_domain(kind: str, domains: Sequence[str]) -> str:
 class Pipeline:
     """A built pipeline: the spec (resolved: encoder tag and dim filled in), the encoder and the heads projector."""
 
-    def __init__(self, spec: PipelineSpec, encoder: Encoder, projector: Projector | None = None) -> None:
+    def __init__(self, spec: PipelineSpec, encoder: Encoder, projector: Projector | None = None,
+                 ocr_cache: OcrCache | None = None) -> None:
         self.spec = spec
         self.encoder = encoder
         self.projector = projector
+        self.ocr_cache = ocr_cache
+        #: pictures read by OCR and served from the cache, since the pipeline was built
+        self.ocr_stats: dict[str, int] = {"read": 0, "cached": 0}
 
     @classmethod
     def build(
@@ -144,7 +165,8 @@ class Pipeline:
                 f"is {encoder.model_tag!r} (dim {encoder.dim}): install the same model files and versions, or pass "
                 "that model's encoder"
             )
-        described = encoder.spec()  # an encoder passed in says how it was built: the spec records that
+        describe = getattr(encoder, "spec", None)  # an encoder passed in says how it was built: the spec records it
+        described = describe() if callable(describe) else None
         spec = spec.model_copy(update={"encoder_tag": encoder.model_tag, "encoder_dim": encoder.dim,
                                        **({"encoder": EncoderSpec(**described)} if described else {})})
         projector = None
@@ -157,7 +179,16 @@ class Pipeline:
                                             device=device)
             if projector.fingerprint != spec.heads.fingerprint:
                 raise ModelMismatchError(f"heads {projector.fingerprint} are not {spec.heads.fingerprint}")
-        return cls(spec, encoder, projector)
+        ocr_cache = None
+        if spec.extract.ocr:
+            from cope.extractors.ocr import check_available
+
+            check_available()
+            if db is not None:
+                from cope.store.ocr_cache import OcrCacheTable
+
+                ocr_cache = OcrCacheTable.open(db)
+        return cls(spec, encoder, projector, ocr_cache)
 
     @property
     def tag(self) -> str:
@@ -169,12 +200,22 @@ class Pipeline:
 
     @property
     def extract_options(self) -> ExtractOptions:
-        """The spec's extraction options with the encoder's image size as decode hint."""
-        return self.spec.extract.model_copy(update={"image_size": self.encoder.image_size})
+        """The spec's extraction options with the encoder's image size as decode hint (larger when OCR reads the
+        pictures: text needs pixels that the model's input size would throw away)."""
+        size = self.encoder.image_size
+        if self.spec.extract.ocr:
+            size = max(size, round(self.spec.extract.ocr_max_side * 0.75))
+        return self.spec.extract.model_copy(update={"image_size": size})
 
     # -- items ---------------------------------------------------------------------------------------------------
     def prepare(self, record: Record, origin: str, digest: str) -> Prepared:
-        return prepare_record(record, origin, digest, self.encoder.preprocess, self.extract_options)
+        return prepare_record(record, origin, digest, self.encoder.preprocess, self.extract_options, self.ocr_cache,
+                              self.ocr_stats)
+
+    def flush(self) -> None:
+        """Write what the pipeline buffers besides rows (OCR results for the cache)."""
+        if self.ocr_cache is not None:
+            self.ocr_cache.flush()
 
     def encode_parts(self, contents: Sequence[Content], tensors: Sequence[Sequence[torch.Tensor]],
                      domains: Sequence[str], batch_size: int = 32, text_batch_size: int = 64) -> Parts:
@@ -189,26 +230,33 @@ class Pipeline:
             + [encoder.encode_image_tensors(torch.stack(flat[i : i + batch_size]))
                for i in range(0, len(flat), batch_size)]
         )
-        texts = [c.text for c in contents]
-        has_text = np.array([bool(t.strip()) for t in texts], bool)
-        text = np.zeros((len(texts), dim), np.float32)
-        if has_text.any():
-            idx = np.flatnonzero(has_text)
-            text[idx] = encoder.encode_texts([texts[i] for i in idx], text_batch_size)
+        reads = self.spec.extract.ocr
+        texts = [c.text for c in contents] + ([ocr_part_text(c) for c in contents] if reads else [])
+        present = np.array([bool(t.strip()) for t in texts], bool)
+        encoded = np.zeros((len(texts), dim), np.float32)
+        if present.any():  # item texts and OCR texts in the same batches
+            idx = np.flatnonzero(present)
+            encoded[idx] = encoder.encode_texts([texts[i] for i in idx], text_batch_size)
+        n = len(contents)
+        text, has_text = encoded[:n], present[:n]
+        ocr, has_ocr = (encoded[n:], present[n:]) if reads else (None, None)
         n_images = [len(per) for per in tensors]
         image = np.zeros((len(contents), dim), np.float32)
         pos = 0
-        for i, n in enumerate(n_images):
-            if n:
-                image[i] = mean_vector(image_vecs[pos : pos + n])
-            pos += n
+        for i, count in enumerate(n_images):
+            if count:
+                image[i] = mean_vector(image_vecs[pos : pos + count])
+            pos += count
         has_image = np.array([n > 0 for n in n_images], bool)
         fusion = self.spec.fusion
-        vector = np.stack([fuse(image[i] if has_image[i] else None, text[i] if has_text[i] else None, fusion)
-                           for i in range(len(contents))]) if len(contents) else np.zeros((0, dim), np.float32)
-        if self.projector is not None and len(contents):
+        vector = np.stack([
+            fuse(image[i] if has_image[i] else None, text[i] if has_text[i] else None, fusion,
+                 ocr[i] if ocr is not None and has_ocr is not None and has_ocr[i] else None)
+            for i in range(n)
+        ]) if n else np.zeros((0, dim), np.float32)
+        if self.projector is not None and n:  # heads take the image and text parts (the OCR part stays as is)
             vector, image, text = self.projector.project(image, text, has_image, has_text, list(domains))
-        return Parts(vector, image, text, has_image, has_text, n_images)
+        return Parts(vector, image, text, has_image, has_text, n_images, ocr, has_ocr)
 
     def encode(self, batch: Sequence[Prepared], batch_size: int = 32, text_batch_size: int = 64) -> list[dict[str, Any]]:
         """Store rows (one per content: a live stream gives one per slice) of prepared records."""
@@ -241,6 +289,9 @@ class Pipeline:
                     "origin": p.origin,
                     "metadata": json.dumps(content.metadata, ensure_ascii=False, default=str),
                     "updated_at": at,
+                    **({"ocr_text": content.ocr_text or None, "ocr_confidence": content.ocr_confidence,
+                        "ocr_vector": parts.ocr[i], "has_ocr": bool(parts.has_ocr[i])}
+                       if parts.ocr is not None and parts.has_ocr is not None else {}),
                 })
                 i += 1
         return rows
@@ -257,15 +308,21 @@ class Pipeline:
         images: list[Image.Image] = []
         if image is not None:
             images.append(image.convert("RGB") if hasattr(image, "convert") else
-                          load_image(str(image), options.max_image_pixels, options.image_size))
+                          load_image(str(image), options.max_image_pixels, options.image_size,
+                                     options.max_image_bytes))
         if video is not None:
             count = options.frames_per_slice if domain == "live" else options.frames_per_video
             frames, _ = read_video_frames(str(video), count=count, short_side=options.image_size,
-                                          decoder=options.video_decoder)
+                                          decoder=options.video_decoder, max_bytes=options.max_video_bytes)
             images.extend(frames)
         label = str(Path(os.fspath(video))) if video is not None else "query"
-        return Content(item_id=label, domain=domain, source_id=label, record_key=f"query:{label}", images=images,
-                       text=(text or "").strip())
+        content = Content(item_id=label, domain=domain, source_id=label, record_key=f"query:{label}", images=images,
+                          text=(text or "").strip())
+        if options.ocr and images:  # a picture query is read like an item's pictures
+            from cope.extractors.ocr import add_ocr
+
+            add_ocr([content], options, self.ocr_cache)
+        return content
 
     def encode_contents(self, contents: Sequence[Content], domains: Sequence[str]) -> np.ndarray:
         """Unified vectors (n, dim) of query contents, each as an item of its domain."""

@@ -22,6 +22,8 @@ class FusionConfig(BaseModel):
 
     image_weight: float = Field(default=0.5, ge=0, le=MAX_WEIGHT, allow_inf_nan=False)
     text_weight: float = Field(default=0.5, ge=0, le=MAX_WEIGHT, allow_inf_nan=False)
+    #: weight of the text read in the pictures (used only when the pipeline reads it: ``--ocr``)
+    ocr_weight: float = Field(default=0.5, ge=0, le=MAX_WEIGHT, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _not_both_zero(self) -> FusionConfig:
@@ -31,18 +33,19 @@ class FusionConfig(BaseModel):
 
     @property
     def tag(self) -> str:
+        """Names the image and text weights (the OCR weight is named by the pipeline when it reads pictures)."""
         return f"fusion=image:{self.image_weight:g},text:{self.text_weight:g}"
 
 
-def fuse(image: np.ndarray | None, text: np.ndarray | None, config: FusionConfig) -> np.ndarray:
-    """Unified vector of one item from its image part and text part; a missing part is left out."""
+def fuse(image: np.ndarray | None, text: np.ndarray | None, config: FusionConfig,
+         ocr: np.ndarray | None = None) -> np.ndarray:
+    """Unified vector of one item from its image, text and (optionally) OCR parts; a missing part is left out."""
     parts = []
-    if image is not None and config.image_weight > 0:
-        parts.append(config.image_weight * image)
-    if text is not None and config.text_weight > 0:
-        parts.append(config.text_weight * text)
+    for part, weight in ((image, config.image_weight), (text, config.text_weight), (ocr, config.ocr_weight)):
+        if part is not None and weight > 0:
+            parts.append(weight * part)
     if not parts:  # the only modality present has weight 0: fall back to it rather than store a zero vector
-        parts = [image if image is not None else text]
+        parts = [next(p for p in (image, text, ocr) if p is not None)]
     out = l2_normalize(np.sum(parts, axis=0))
     if not np.isfinite(out).all():
         raise ValueError("the fused vector is not finite (the encoder returned NaN or inf); refusing to store it")

@@ -62,7 +62,6 @@ class EmbedJob:
     def __init__(self, db: str | Path, config: EmbedConfig, encoder: Encoder | None = None) -> None:
         self.config = config
         self.core = EmbedCore.open(db, config, encoder)
-        self.pipeline = self.core.pipeline
         self.store = self.core.store
         self.summary = self.core.summary
 
@@ -85,7 +84,7 @@ class EmbedJob:
         window = max(4, 2 * self.config.batch_size)
         pending: deque[Future[Prepared]] = deque()
         for record, origin, digest in todo:
-            pending.append(pool.submit(self.pipeline.prepare, record, origin, digest))
+            pending.append(pool.submit(self.core.pipeline.prepare, record, origin, digest))
             if len(pending) >= window:
                 yield pending.popleft().result()
         while pending:
@@ -93,7 +92,7 @@ class EmbedJob:
 
     def _encode(self, batch: list[Prepared]) -> None:
         try:
-            rows = self.pipeline.encode(batch, self.config.batch_size, self.config.text_batch_size)
+            rows = self.core.pipeline.encode(batch, self.config.batch_size, self.config.text_batch_size)
         except Exception as e:
             logger.exception("encoding a batch of %d records failed", len(batch))
             for p in batch:
@@ -114,9 +113,7 @@ class EmbedJob:
             batch: list[Prepared] = []
             for prepared in self._prepared(self._todo(rows, pool, bar), pool):
                 bar.update(1)
-                if prepared.error is not None:
-                    assert prepared.record is not None
-                    self.core.fail(prepared.record.record_key, prepared.origin, "extract", prepared.error)
+                if not self.core.ready(prepared):
                     continue
                 batch.append(prepared)
                 if (sum(p.n_images for p in batch) >= self.config.batch_size

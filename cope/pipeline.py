@@ -94,12 +94,17 @@ class PipelineSpec(BaseModel):
 
     @property
     def base_tag(self) -> str:
-        """Tag of the (image, text) vectors before heads: encoder, fusion and non-default extraction options."""
+        """Tag of the vectors before heads: encoder, fusion, non-default extraction options and the OCR settings."""
         self._require_resolved()
         default = ExtractOptions()
         changed = [f"{short}{getattr(self.extract, name)}" for name, short in _TAGGED_EXTRACT.items()
                    if getattr(self.extract, name) != getattr(default, name)]
-        return f"{self.encoder_tag};{self.fusion.tag}" + (f";extract={','.join(changed)}" if changed else "")
+        tag = f"{self.encoder_tag};{self.fusion.tag}" + (f";extract={','.join(changed)}" if changed else "")
+        if self.extract.ocr:  # what is read in pictures, and how much of it goes into the unified vector
+            e = self.extract
+            tag += (f";ocr=w{self.fusion.ocr_weight:g},s{e.ocr_max_side},n{e.ocr_images},"
+                    f"m{e.ocr_min_score:g}")
+        return tag
 
     @property
     def tag(self) -> str:

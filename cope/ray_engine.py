@@ -204,7 +204,7 @@ def embed_ray(
     spec_json = core.spec.model_dump_json()
     transform = pickle.dumps(core.pipeline.encoder.image_transform())
     options_json = core.pipeline.extract_options.model_dump_json()
-    core.pipeline = None  # type: ignore[assignment]  # the driver needs no model from here on
+    core.release_pipeline()  # the driver needs no model from here on
     device = config.device if gpus_per_actor == 0 else ("cuda" if config.device == "cpu" else config.device)
 
     if not ray.is_initialized():

@@ -38,6 +38,7 @@ def _slice_content(record: LiveStream, start: float, end: float, images: list, m
         slice_end=end,
         metadata=_slice_metadata(record, start, end),
         media_uri=media,
+        speech=record.asr_text(start, end),
     )
 
 

@@ -128,11 +128,12 @@ class ItemStore:
             )
 
     def ensure_table(
-        self, model_tag: str, dim: int, metadata: Mapping[bytes, bytes] | None = None
+        self, model_tag: str, dim: int, metadata: Mapping[bytes, bytes] | None = None, *, ocr: bool = False
     ) -> lancedb.table.Table:
-        """Create the table for vectors of ``model_tag`` (``metadata``: the pipeline spec) or check it holds them."""
+        """Create the table for vectors of ``model_tag`` (``metadata``: the pipeline spec; ``ocr``: with the columns
+        of text read in pictures) or check it holds them."""
         if self._table is None:
-            schema = _with_key(item_schema(dim, model_tag, metadata), "item_id")
+            schema = _with_key(item_schema(dim, model_tag, metadata, ocr=ocr), "item_id")
             self._table = self._create(self.name, schema)
             logger.info("created table %r in %s for %s (dim %d)", self.name, self.uri, model_tag, dim)
         self.check_model(model_tag, dim)

@@ -13,12 +13,25 @@ META_VERSION = b"cope.schema_version"
 META_PIPELINE = b"cope.pipeline"  # JSON: the pipeline spec (cope.pipeline.PipelineSpec) that made the vectors
 META_LEGACY_SPEC = b"cope.model_spec"  # tables written before the pipeline spec: {"model", "pretrained", "fusion"}
 
-VECTOR_COLUMNS = ("vector", "image_vector", "text_vector")
+VECTOR_COLUMNS = ("vector", "image_vector", "text_vector")  # plus ocr_vector in tables that read pictures
 
 
-def item_schema(dim: int, model_tag: str, metadata: Mapping[bytes, bytes] | None = None) -> pa.Schema:
-    """The item table's schema; ``metadata`` adds entries (the pipeline spec) to the model tag, dim and version."""
+#: columns of a table whose pipeline reads text in pictures (``cope embed --ocr``)
+OCR_COLUMNS = ("ocr_text", "ocr_confidence", "ocr_vector", "has_ocr")
+
+
+def item_schema(
+    dim: int, model_tag: str, metadata: Mapping[bytes, bytes] | None = None, *, ocr: bool = False
+) -> pa.Schema:
+    """The item table's schema; ``metadata`` adds entries (the pipeline spec) to the model tag, dim and version.
+    ``ocr`` adds the text read in pictures, its confidence, its vector and whether the item has one."""
     vec = pa.list_(pa.float32(), dim)
+    ocr_fields = [
+        pa.field("ocr_text", pa.string()),
+        pa.field("ocr_confidence", pa.float32()),
+        pa.field("ocr_vector", vec, nullable=False),
+        pa.field("has_ocr", pa.bool_(), nullable=False),
+    ] if ocr else []
     return pa.schema(
         [
             pa.field("item_id", pa.string(), nullable=False),
@@ -41,6 +54,7 @@ def item_schema(dim: int, model_tag: str, metadata: Mapping[bytes, bytes] | None
             pa.field("origin", pa.string()),
             pa.field("metadata", pa.string()),
             pa.field("updated_at", pa.timestamp("us", tz="UTC"), nullable=False),
+            *ocr_fields,
         ],
         metadata={
             **dict(metadata or {}),

@@ -37,6 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_field(p, ExtractOptions, "video_decoder", choices=["auto", "decord", "av"])
     add_field(p, FusionConfig, "image_weight", help="weight of the image part in the unified vector")
     add_field(p, FusionConfig, "text_weight", help="weight of the text part in the unified vector")
+    ocr = p.add_argument_group("text in pictures (OCR; needs cope[ocr])")
+    add_field(ocr, ExtractOptions, "ocr", help="read text written in pictures (product images, video frames, "
+              "live snapshots) into an `ocr` part of the unified vector")
+    add_field(ocr, FusionConfig, "ocr_weight", help="weight of the OCR part in the unified vector")
+    add_field(ocr, ExtractOptions, "ocr_max_side")
+    add_field(ocr, ExtractOptions, "ocr_images")
     add_field(p, EmbedConfig, "default_domain", "--domain", choices=DOMAINS)
     p.add_argument("--no-compact", action="store_true", help="skip merging fragments at the end")
     add_field(p, EmbedConfig, "heads")
@@ -57,9 +63,10 @@ def config_from_args(args: argparse.Namespace) -> EmbedConfig:
         model=args.model, pretrained=args.pretrained, table=args.table, batch_size=args.batch_size,
         text_batch_size=args.text_batch_size, workers=args.workers, threads=args.threads, device=args.device,
         write_every=args.write_every,
-        fusion=FusionConfig(image_weight=args.image_weight, text_weight=args.text_weight),
+        fusion=FusionConfig(image_weight=args.image_weight, text_weight=args.text_weight, ocr_weight=args.ocr_weight),
         extract=ExtractOptions(frames_per_video=args.frames_per_video, frames_per_slice=args.frames_per_slice,
-                               max_images_per_product=args.max_images_per_product, video_decoder=args.video_decoder),
+                               max_images_per_product=args.max_images_per_product, video_decoder=args.video_decoder,
+                               ocr=args.ocr, ocr_max_side=args.ocr_max_side, ocr_images=args.ocr_images),
         default_domain=args.default_domain, progress=False if args.quiet else None, compact=not args.no_compact,
         heads=args.heads,
     )
