@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cope.training.reproject import domain_overrides_from, reproject
+    from cope.training.reprojection import domain_overrides_from, reproject
 
     summary = reproject(
         args.db, args.heads, args.table, source_table=args.source_table,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 
+from cope.commands.options import add_field
+from cope.training.config import TrainConfig
+
 logger = logging.getLogger(__name__)
 
 
@@ -23,42 +26,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="checkpoint folder (heads.safetensors + config.json + eval.json)")
     p.add_argument("--report", default=None, help="evaluation JSON path (default: OUT/eval.json)")
     g = p.add_argument_group("model")
-    g.add_argument("--dim", type=int, default=128,
-                   help="size of the shared space (COPE: 128); at most the dimension of the table's vectors")
+    for name in ("dim", "hidden", "dropout", "init", "center", "projection_lr_scale"):
+        add_field(g, TrainConfig, name)
     g.add_argument("--per-domain-projection", action="store_true",
                    help="separate image/text projections per domain instead of shared ones + per-domain heads")
-    g.add_argument("--hidden", type=int, default=0, help="width of a residual MLP in the projections (0: linear)")
-    g.add_argument("--dropout", type=float, default=0.0)
-    g.add_argument("--init", choices=["pca", "random"], default="pca",
-                   help="start the projections from the principal directions of the training vectors, or at random")
-    g.add_argument("--center", action="store_true", help="centre each domain's image and text vectors on their mean")
-    g.add_argument("--projection-lr-scale", type=float, default=1.0,
-                   help="learning-rate factor of the input projections (0 freezes them)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=200)
-    g.add_argument("--batch-products", type=int, default=64, help="products per batch, one item per domain each")
-    g.add_argument("--lr", type=float, default=3e-4)
-    g.add_argument("--weight-decay", type=float, default=1e-4)
-    g.add_argument("--temperature", type=float, default=0.05, help="InfoNCE temperature (initial if learned)")
+    for name in ("epochs", "batch_products", "lr", "weight_decay", "temperature", "label_smoothing",
+                 "cosface_weight", "cosface_margin", "cosface_scale"):
+        add_field(g, TrainConfig, name)
     g.add_argument("--fixed-temperature", action="store_true", help="do not learn the temperature")
-    g.add_argument("--label-smoothing", type=float, default=0.0)
-    g.add_argument("--cosface-weight", type=float, default=0.0, help="weight of the CosFace product-ID loss")
-    g.add_argument("--cosface-margin", type=float, default=0.2)
-    g.add_argument("--cosface-scale", type=float, default=20.0)
     g = p.add_argument_group("split and stopping")
-    g.add_argument("--val-fraction", type=float, default=0.1, help="share of products for early stopping")
-    g.add_argument("--test-fraction", type=float, default=0.2, help="share of products held out for the report")
-    g.add_argument("--patience", type=int, default=20, help="epochs without validation gain before stopping")
-    g.add_argument("--monitor", choices=["mrr", "r1"], default="mrr")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest for small tables)")
-    g.add_argument("--device", default="cpu")
+    for name in ("val_fraction", "test_fraction", "patience", "monitor", "seed", "threads", "device"):
+        add_field(g, TrainConfig, name)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from cope.evaluation import format_table
-    from cope.training import TrainConfig, fit, format_comparison, mean_metrics
+    from cope.training import fit, format_comparison, mean_metrics
 
     config = TrainConfig(
         dim=args.dim, shared_projection=not args.per_domain_projection, hidden=args.hidden, dropout=args.dropout,

@@ -5,69 +5,40 @@
 >>> result.save("./heads")  # doctest: +SKIP
 >>> reproject("./cope.lancedb", "./heads", "items_cope")  # doctest: +SKIP
 
-``pairs=None`` takes the labels from ``metadata.product_key`` of the stored rows.
-
-Importing this package imports torch.
+``pairs=None`` takes the labels from ``metadata.product_key`` of the stored rows. Names load on first use
+(training imports torch; the CLI reads :class:`TrainConfig` without it).
 """
 
 from __future__ import annotations
 
-from cope.heads.checkpoint import (
-    HeadsMismatchError,
-    heads_model_tag,
-    load_heads,
-    read_heads_config,
-    save_heads,
-)
-from cope.heads.model import CopeHeads, HeadsConfig
-from cope.training.losses import CosFaceLoss, multi_domain_info_nce
-from cope.training.pairs import (
-    ItemVectors,
-    Labels,
-    ProductSplit,
-    labels_from_pairs,
-    load_item_vectors,
-    read_labels,
-    split_products,
-)
-from cope.training.reproject import HeadsProjector, ReprojectSummary, reproject
-from cope.training.trainer import (
-    TrainConfig,
-    TrainResult,
-    evaluate,
-    fit,
-    format_comparison,
-    mean_metrics,
-    project,
-    train,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "CopeHeads",
-    "CosFaceLoss",
-    "HeadsConfig",
-    "HeadsMismatchError",
-    "HeadsProjector",
-    "ItemVectors",
-    "Labels",
-    "ProductSplit",
-    "ReprojectSummary",
-    "TrainConfig",
-    "TrainResult",
-    "evaluate",
-    "fit",
-    "format_comparison",
-    "heads_model_tag",
-    "labels_from_pairs",
-    "load_heads",
-    "load_item_vectors",
-    "mean_metrics",
-    "multi_domain_info_nce",
-    "project",
-    "read_heads_config",
-    "read_labels",
-    "reproject",
-    "save_heads",
-    "split_products",
-    "train",
-]
+#: public name -> module that defines it
+_EXPORTS = {
+    "TrainConfig": "cope.training.config",
+    "CopeHeads": "cope.heads.model", "HeadsConfig": "cope.heads.model",
+    "HeadsMismatchError": "cope.errors",
+    "heads_model_tag": "cope.heads.checkpoint", "load_heads": "cope.heads.checkpoint",
+    "read_heads_config": "cope.heads.checkpoint", "save_heads": "cope.heads.checkpoint",
+    "HeadsProjector": "cope.heads.projector",
+    "CosFaceLoss": "cope.training.losses", "multi_domain_info_nce": "cope.training.losses",
+    "ItemVectors": "cope.training.pairs", "Labels": "cope.training.pairs", "ProductSplit": "cope.training.pairs",
+    "labels_from_pairs": "cope.training.pairs", "load_item_vectors": "cope.training.pairs",
+    "read_labels": "cope.training.pairs", "split_products": "cope.training.pairs",
+    "ReprojectSummary": "cope.training.reprojection", "reproject": "cope.training.reprojection",
+    "TrainResult": "cope.training.trainer", "evaluate": "cope.training.trainer", "fit": "cope.training.trainer",
+    "format_comparison": "cope.training.trainer", "mean_metrics": "cope.training.trainer",
+    "project": "cope.training.trainer", "train": "cope.training.trainer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cope.training' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return __all__
