@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cope.content import ExtractOptions
 from cope.encoders.registry import DEFAULT_MODEL
 from cope.fusion import FusionConfig
+from cope.manifest import ManifestOptions, check_columns
+from cope.media import RemoteOptions
 from cope.pipeline import EncoderSpec, PipelineSpec
 
 EXIT_OK = 0
@@ -35,10 +37,26 @@ class EmbedConfig(BaseModel):
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     extract: ExtractOptions = Field(default_factory=ExtractOptions)
     default_domain: str | None = Field(default=None, description="domain of rows that have no 'domain' column")
+    columns: dict[str, str] = Field(default_factory=dict, description="manifest column of a record field, "
+                                    "FIELD=NAME (item_id=sku, title=name, images=image_path; product.title=name for "
+                                    "one domain); repeat for several")
+    media_root: str | None = Field(default=None, description="folder or URL prefix (s3://bucket/media/) that "
+                                   "relative media paths are resolved against (default: each manifest's folder)")
+    remote: RemoteOptions | None = Field(default=None, description="timeouts, retries, per-host limit of remote "
+                                         "media reads (cope.media.configure); None: the process's settings")
     progress: bool | None = Field(default=None, description="None: show a bar when logging is at INFO")
     compact: bool = Field(default=True, description="merge fragments and drop old versions at the end")
     heads: str | None = Field(default=None, description="trained COPE heads (cope train --out) applied before "
                               "writing; the table then holds the heads' space")
+
+    @field_validator("columns")
+    @classmethod
+    def _known_fields(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_columns(v)  # refuses unknown fields, naming the known ones
+
+    def manifest_options(self) -> ManifestOptions:
+        """How this run reads its manifests (domain, column mapping, media root)."""
+        return ManifestOptions(default_domain=self.default_domain, columns=self.columns, media_root=self.media_root)
 
     def pipeline_spec(self) -> PipelineSpec:
         """The spec of the vectors this run makes (heads are added by :meth:`EmbedCore.open`)."""

@@ -5,19 +5,28 @@ Only regular files are read: a folder, a FIFO (opening one for reading blocks un
 as ``/dev/zero`` (endless), a socket, a symlink loop or a missing file is reported with its reason, never opened.
 Hashing never raises for such a path (its fingerprint names the problem); extraction then fails the record with
 the reason, which lands in the errors table while the job carries on.
+
+Remote media (``http(s)://``, ``s3://``, ``gs://``, ``az://``; :mod:`cope.media`) are read through the same two
+doors: :func:`open_media` fetches a picture into memory, :func:`local_media` downloads a video to a temporary file,
+both within a size cap. Their fingerprint (:func:`remote_fingerprint`) is the object's version as the store announces
+it (ETag, Last-Modified, version id, size: one HEAD), or the hash of its bytes when it announces none, so a changed
+remote file is embedded again and an unchanged one skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
+import io
 import json
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
-from cope.errors import ExtractionError
+from cope import media
+from cope.errors import ExtractionError, MissingExtraError
 from cope.records import Record
 
 _FULL_HASH_LIMIT = 64 << 20  # files up to 64 MiB are hashed whole; larger ones by size, mtime, head and tail
@@ -57,7 +66,7 @@ def stat_media(path: str | os.PathLike[str], max_bytes: int | None = None) -> os
     "file not found", "symlink loop", "not a regular file (a FIFO)", "larger than N bytes (M bytes)"..."""
     path = os.fspath(path)
     if "://" in path:
-        raise ExtractionError(f"{path}: only local files are supported (download remote files first)")
+        raise ExtractionError(f"{path}: not a local file (remote media are read by open_media and local_media)")
     st, problem = _stat_problem(path)
     if problem is None and st is not None and max_bytes is not None and st.st_size > max_bytes:
         problem = f"larger than {max_bytes} bytes ({st.st_size} bytes)"
@@ -68,8 +77,12 @@ def stat_media(path: str | os.PathLike[str], max_bytes: int | None = None) -> os
 
 def open_media(path: str | os.PathLike[str], max_bytes: int | None = None) -> BinaryIO:
     """Open a regular file for reading (checked before and, against a swap, after opening; the open never blocks
-    on a FIFO). Raises :class:`ExtractionError` with the reason, like :func:`stat_media`."""
+    on a FIFO). Raises :class:`ExtractionError` with the reason, like :func:`stat_media`.
+
+    A remote URI is read whole into memory (at most ``max_bytes``; :func:`cope.media.read_bytes`)."""
     path = os.fspath(path)
+    if "://" in path:
+        return io.BytesIO(media.read_bytes(path, max_bytes))
     stat_media(path, max_bytes)
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     try:
@@ -91,9 +104,42 @@ def open_media(path: str | os.PathLike[str], max_bytes: int | None = None) -> Bi
         raise
 
 
+@contextlib.contextmanager
+def local_media(path: str | os.PathLike[str], max_bytes: int | None = None) -> Iterator[str]:
+    """A local path to read a media file from (decoders that want a file name: videos). A local file is checked
+    (:func:`stat_media`) and given as it is; a remote one is downloaded to a temporary file, deleted on exit."""
+    path = os.fspath(path)
+    if "://" in path:
+        with media.download(path, max_bytes) as local:
+            yield str(local)
+        return
+    stat_media(path, max_bytes)
+    yield path
+
+
+def remote_fingerprint(uri: str) -> str:
+    """A fingerprint of a remote file's version: ETag, Last-Modified, version id and size as the store announces
+    them (one HEAD), else the hash of its bytes (up to 64 MiB; beyond that, its size). Never raises: an unreachable
+    file gives ``"unreachable"``, a missing extra ``"remote-unavailable"``."""
+    try:
+        tags = media.version_tags(media.info(uri))
+        if not tags.keys() & {"etag", "last_modified", "version", "md5", "digest"}:
+            size = int(tags.get("size", 0) or 0)
+            if size <= _FULL_HASH_LIMIT:
+                tags["bytes"] = hashlib.blake2b(media.read_bytes(uri, _FULL_HASH_LIMIT), digest_size=16).hexdigest()
+    except MissingExtraError:
+        return "remote-unavailable"
+    except ExtractionError:
+        return "unreachable"
+    return "remote:" + hashlib.blake2b(json.dumps(tags, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
 def file_fingerprint(path: str) -> str:
     """A fingerprint of a file's bytes (whole up to 64 MiB; beyond, size, mtime, head and tail). Never raises and
-    never blocks: a path that is not a readable regular file gives ``"missing"`` or ``"unreadable"``."""
+    never blocks: a path that is not a readable regular file gives ``"missing"`` or ``"unreadable"``. Remote files:
+    :func:`remote_fingerprint`."""
+    if "://" in path:
+        return remote_fingerprint(path) if media.is_remote(path) else "unsupported"
     st, problem = _stat_problem(path)
     if st is None:
         return "missing"

@@ -1,7 +1,8 @@
 """Images: Pillow decode with EXIF orientation, any mode to RGB, a pixel limit, and draft decoding for JPEG.
 
 Files are opened through :func:`cope.hashing.open_media`: regular files only, at most ``max_bytes``
-(:data:`cope.content.MAX_IMAGE_BYTES` by default).
+(:data:`cope.content.MAX_IMAGE_BYTES` by default). A remote image (``http(s)://``, ``s3://``, ``gs://``, ``az://``)
+is read into memory within the same cap, with the timeouts, retries and per-host limit of :mod:`cope.media`.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def load_image(uri: str, max_pixels: int = 64_000_000, size_hint: int | None = N
     """Open an image file as RGB. Raises ExtractionError with the reason when it cannot.
 
     ``size_hint`` lets JPEG decode at a reduced scale (never below 2x the hint on the short side). Only a regular
-    file of at most ``max_bytes`` is opened.
+    file of at most ``max_bytes`` is opened; a remote URI is fetched (at most ``max_bytes``) and decoded in memory.
     """
     try:
         with warnings.catch_warnings(), open_media(uri, max_bytes) as f:

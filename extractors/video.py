@@ -1,6 +1,8 @@
 """Short videos: N frames at segment centres, resized on decode. decord first; PyAV when decord is missing or fails.
 
 Only a regular file of at most ``max_bytes`` (:data:`cope.content.MAX_VIDEO_BYTES` by default) is handed to a decoder.
+A remote video (``http(s)://``, ``s3://``, ``gs://``, ``az://``) is downloaded to a temporary file within that cap
+first, and the file is deleted once its frames are decoded (:func:`cope.hashing.local_media`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from cope.content import MAX_VIDEO_BYTES, Content, ExtractionError, ExtractOptions
-from cope.extractors.image import _check_local
+from cope.hashing import local_media
 from cope.records import VideoRecord
 
 logger = logging.getLogger(__name__)
@@ -124,8 +126,18 @@ def read_video_frames(
     decoder: str = "auto", max_bytes: int | None = MAX_VIDEO_BYTES,
 ) -> tuple[list[Image.Image], VideoInfo]:
     """Frames at given ``times`` (seconds), or ``count`` frames at segment centres. Falls back decord -> PyAV.
-    Only a regular file of at most ``max_bytes`` is opened."""
-    _check_local(uri, max_bytes)
+    Only a regular file of at most ``max_bytes`` is opened; a remote one is downloaded (then deleted) first."""
+    with local_media(uri, max_bytes) as path:
+        if path == uri:
+            return _read_local_frames(uri, times, count, short_side, decoder)
+        try:
+            return _read_local_frames(path, times, count, short_side, decoder)
+        except ExtractionError as e:  # name the video, not its temporary copy
+            raise ExtractionError(str(e).replace(path, uri)) from None
+
+
+def _read_local_frames(uri: str, times: Sequence[float] | None, count: int | None, short_side: int | None,
+                       decoder: str) -> tuple[list[Image.Image], VideoInfo]:
     try:
         info = probe_av(uri)
     except ExtractionError:

@@ -10,6 +10,8 @@ from cope.content import ExtractOptions
 from cope.embed_config import EmbedConfig
 from cope.errors import MissingExtraError
 from cope.fusion import FusionConfig
+from cope.manifest import parse_columns
+from cope.media import RemoteOptions
 from cope.records import DOMAINS
 
 
@@ -25,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Embed product pages, images, videos and live streams into a LanceDB table. "
                        "Re-running skips items already stored with the same content and pipeline. "
                        "Exit code 3 means some items failed (see `cope errors`).")
-    p.add_argument("manifests", nargs="+", help="JSONL, CSV or Parquet manifests")
+    p.add_argument("manifests", nargs="+", help="manifests (JSONL, JSON arrays, CSV/TSV, Parquet), folders (their "
+                   "manifests, or the pictures and videos in them) or globs; see docs/ingest.md")
     p.add_argument("--db", required=True, help="LanceDB directory or URI")
     add_field(p, EmbedConfig, "table")
     add_model_arguments(p)
@@ -44,6 +47,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_field(ocr, ExtractOptions, "ocr_max_side")
     add_field(ocr, ExtractOptions, "ocr_images")
     add_field(p, EmbedConfig, "default_domain", "--domain", choices=DOMAINS)
+    cols = p.add_argument_group("manifest columns and media paths (docs/ingest.md)")
+    add_field(cols, EmbedConfig, "columns", "--column", action="append", default=[], metavar="FIELD=NAME",
+              help=EmbedConfig.model_fields["columns"].description + "; without it, common names are recognised "
+              "(id, sku, name, image_path, url, caption...)")
+    add_field(cols, EmbedConfig, "media_root")
+    remote = p.add_argument_group("remote media: http(s)://, s3://, gs://, az:// (needs cope[remote])")
+    add_field(remote, RemoteOptions, "timeout_s", "--remote-timeout", dest="remote_timeout_s")
+    add_field(remote, RemoteOptions, "total_timeout_s", "--remote-total-timeout", dest="remote_total_timeout_s")
+    add_field(remote, RemoteOptions, "retries", "--remote-retries", dest="remote_retries")
+    add_field(remote, RemoteOptions, "backoff_s", "--remote-backoff", dest="remote_backoff_s")
+    add_field(remote, RemoteOptions, "per_host", "--remote-per-host", dest="remote_per_host")
     p.add_argument("--no-compact", action="store_true", help="skip merging fragments at the end")
     add_field(p, EmbedConfig, "heads")
     ray = p.add_argument_group("distributed (Ray Data; needs cope[ray])")
@@ -68,14 +82,23 @@ def config_from_args(args: argparse.Namespace) -> EmbedConfig:
                                max_images_per_product=args.max_images_per_product, video_decoder=args.video_decoder,
                                ocr=args.ocr, ocr_max_side=args.ocr_max_side, ocr_images=args.ocr_images),
         default_domain=args.default_domain, progress=False if args.quiet else None, compact=not args.no_compact,
-        heads=args.heads,
+        heads=args.heads, columns=parse_columns(args.columns or []), media_root=args.media_root,
+        remote=RemoteOptions(timeout_s=args.remote_timeout_s, total_timeout_s=args.remote_total_timeout_s,
+                             retries=args.remote_retries, backoff_s=args.remote_backoff_s,
+                             per_host=args.remote_per_host),
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    from cope import media
     from cope.job import embed
+    from cope.manifest import check_inputs, expand_inputs
 
     config = config_from_args(args)
+    media.configure(config.remote)
+    inputs = expand_inputs(args.manifests)  # globs, folders; a missing input is an error before anything loads
+    check_inputs(inputs, config.manifest_options())  # one usage error for unmappable columns, before any model
+    args.manifests = [str(p) for p in inputs]
     if args.engine == "ray":
         try:
             from cope.ray_engine import embed_ray
