@@ -76,18 +76,19 @@ def make_demo_catalog(out_dir: str | Path, n_products: int = 8, image_size: int 
         draw_product(shape, colour, image_size, offset=(10, 5), scale=0.5).save(side)
         rows.append({"domain": "product", "item_id": key, "title": f"{title.title()}",
                      "description": f"A {title} from the cope demo shop.", "attributes": {"colour": cname},
-                     "images": [f"media/{main.name}", f"media/{side.name}"], "product_key": key})
+                     "images": [f"media/{main.name}", f"media/{side.name}"], "product_key": key,
+                     "category": _KINDS[shape]})
         photo = out / "media" / f"{key}_photo.jpg"
         draw_product(shape, colour, image_size, background=(200, 220, 235), scale=0.45).save(photo, quality=85)
         rows.append({"domain": "image", "image_id": f"img-{key}", "uri": f"media/{photo.name}",
-                     "text": f"photo of a {title}", "product_key": key})
+                     "text": f"photo of a {title}", "product_key": key, "category": _KINDS[shape]})
         frames = [draw_product(shape, colour, image_size, background=(60, 60, 60), offset=(int(20 * np.sin(t / 2)), 0),
                                scale=0.5) for t in range(video_frames)]
         video = out / "media" / f"{key}_video.mp4"
         write_video(video, frames)
         rows.append({"domain": "video", "video_id": f"vid-{key}", "uri": f"media/{video.name}",
                      "title": f"unboxing the {title}", "caption": f"look at this {cname} {_KINDS[shape]}",
-                     "product_key": key})
+                     "product_key": key, "category": _KINDS[shape]})
         if i < 3:  # a live stream that sells the first three products, one per slice
             for j in range(2):
                 snap = out / "media" / f"live_{key}_{j}.jpg"

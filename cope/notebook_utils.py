@@ -64,7 +64,8 @@ def _title(row: dict[str, Any], width: int = 22) -> str:
     meta = row.get("metadata") or {}
     if isinstance(meta, str):
         meta = json.loads(meta) if meta else {}
-    name = meta.get("title") or (row.get("text") or "").split("\n")[0] or row["item_id"]
+    name = (meta.get("title") or meta.get("product_title") or meta.get("name")
+            or (row.get("text") or "").split("\n")[0] or row["item_id"])
     if row.get("domain") == "live" and row.get("slice_start") is not None:
         name = f"[{row['slice_start']:g}-{row['slice_end']:g}s] {name}"
     return name if len(name) <= width else name[: width - 1] + "…"
@@ -134,7 +135,10 @@ def catalog_frame(db: CopeDB, *, with_vectors: bool = True, limit: int | None = 
     return df
 
 
-def _draw_map(ax: Any, df: pd.DataFrame, *, annotate: bool, title: str) -> None:
+DOMAIN_MARKERS = {"product": "o", "image": "s", "video": "^", "live": "D"}
+
+
+def _draw_map(ax: Any, df: pd.DataFrame, *, annotate: bool, title: str, colour_by: str | None = None) -> None:
     xy = pca_2d(np.stack(df["vector"].to_list()))
     if "product_key" in df:
         for idx in df.groupby("product_key").indices.values():
@@ -143,11 +147,24 @@ def _draw_map(ax: Any, df: pd.DataFrame, *, annotate: bool, title: str) -> None:
                 centre = pts.mean(axis=0)
                 for p in pts:
                     ax.plot([centre[0], p[0]], [centre[1], p[1]], color="#bbbbbb", lw=0.6, zorder=1)
-    for domain, colour in DOMAIN_COLOURS.items():
-        mask = (df["domain"] == domain).to_numpy()
-        if mask.any():
-            ax.scatter(xy[mask, 0], xy[mask, 1], c=colour, label=f"{domain} ({mask.sum()})", s=36, zorder=2,
-                       edgecolors="white", linewidths=0.5)
+    if colour_by:  # colour by a metadata field (e.g. category), marker by domain
+        import matplotlib.pyplot as plt
+
+        values = df["metadata"].map(lambda m: (m or {}).get(colour_by)).map(lambda v: "(none)" if v is None else str(v))
+        palette = plt.get_cmap("tab20")
+        for i, value in enumerate(sorted(values.unique())):
+            for domain, marker in DOMAIN_MARKERS.items():
+                mask = ((values == value) & (df["domain"] == domain)).to_numpy()
+                if mask.any():
+                    ax.scatter(xy[mask, 0], xy[mask, 1], color=palette(i % 20), marker=marker, s=36, zorder=2,
+                               edgecolors="white", linewidths=0.5,
+                               label=f"{value} ({domain})")
+    else:
+        for domain, colour in DOMAIN_COLOURS.items():
+            mask = (df["domain"] == domain).to_numpy()
+            if mask.any():
+                ax.scatter(xy[mask, 0], xy[mask, 1], c=colour, label=f"{domain} ({mask.sum()})", s=36, zorder=2,
+                           edgecolors="white", linewidths=0.5)
     if annotate and len(df) <= 60:
         for (x, y), key in zip(xy, df.get("product_key", df["item_id"])):
             if isinstance(key, str) and key:
@@ -158,12 +175,14 @@ def _draw_map(ax: Any, df: pd.DataFrame, *, annotate: bool, title: str) -> None:
     ax.legend(loc="best", fontsize=8)
 
 
-def domain_map(df: pd.DataFrame, *, annotate: bool = True) -> Figure:
-    """Scatter of the catalog's vectors (PCA to 2-D) coloured by domain; items of one product joined by lines."""
+def domain_map(df: pd.DataFrame, *, annotate: bool = True, colour_by: str | None = None) -> Figure:
+    """Scatter of the catalog's vectors (PCA to 2-D) coloured by domain (or by the metadata field ``colour_by``, e.g.
+    ``"category"``, with one marker per domain); items of one product joined by lines."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5.5))
-    _draw_map(ax, df, annotate=annotate, title="catalog vectors, PCA to 2-D (grey lines join items of one product)")
+    _draw_map(ax, df, annotate=annotate, colour_by=colour_by,
+              title="catalog vectors, PCA to 2-D (grey lines join items of one product)")
     fig.tight_layout()
     return fig
 

@@ -43,7 +43,7 @@ def test_notebook_runs_headless(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     summary = nb.cells[-1].outputs[-1]["data"]["text/plain"]
     assert "'items': 21" in summary and "'live'" in summary and "same_product_mean" in summary
     assert "'heads_table': 'items_cope'" in summary, "the heads table is built and searched"
-    assert len(pngs) >= 3, "the neighbour grid, the 2-D map, and the before/after map"
+    assert len(pngs) >= 4, "the neighbour grid, the 2-D map by domain and by category, the before/after map"
     assert (tmp_path / "work" / "cope.lancedb").is_dir(), "the notebook writes only under COPE_NOTEBOOK_DIR"
 
 
