@@ -20,6 +20,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from cope import media
 from cope.embed_core import (
     EXIT_OK,
     EXIT_SOME_FAILED,
@@ -32,28 +33,12 @@ from cope.embed_core import (
 )
 from cope.embedding import Prepared
 from cope.encoders.base import Encoder
-from cope.manifest import ManifestRow
+from cope.manifest import ManifestRow, check_inputs, count_rows
 from cope.records import Record
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["EXIT_OK", "EXIT_SOME_FAILED", "EmbedConfig", "EmbedJob", "EmbedSummary", "embed"]
-
-
-def _count_rows(paths: Sequence[Path]) -> int | None:
-    total = 0
-    for p in paths:
-        suffix = p.suffix.lower()
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            total += pq.ParquetFile(p).metadata.num_rows
-        elif p.stat().st_size < 512 << 20:
-            with p.open("rb") as f:
-                total += sum(1 for line in f if line.strip()) - (1 if suffix in (".csv", ".tsv") else 0)
-        else:
-            return None
-    return total
 
 
 class EmbedJob:
@@ -107,7 +92,7 @@ class EmbedJob:
         rows = self.core.manifest_rows(paths)
         start = time.perf_counter()
         with ThreadPoolExecutor(self.config.workers, thread_name_prefix="cope-extract") as pool, tqdm(
-            total=_count_rows(paths), unit="rec", disable=not self.core.show_progress(), desc="embed",
+            total=count_rows(paths), unit="rec", disable=not self.core.show_progress(), desc="embed",
             dynamic_ncols=True,
         ) as bar:
             batch: list[Prepared] = []
@@ -145,4 +130,7 @@ def embed(
     if isinstance(manifests, (str, Path)):
         manifests = [manifests]
     config = EmbedConfig.model_validate({**(config or EmbedConfig()).model_dump(), **options})
+    if config.remote is not None:
+        media.configure(config.remote)
+    check_inputs(manifest_paths(manifests), config.manifest_options())  # before any model loads
     return EmbedJob(db, config, encoder).run(manifests)

@@ -26,7 +26,8 @@ def extract_product(record: ProductPage, options: ExtractOptions) -> list[Conten
             record_key=record.record_key,
             images=images,
             text=product_text(record),
-            metadata={"title": record.title, **record.metadata},
+            # attributes stay in the text and are also metadata, so they can be filtered on (metadata={"colour": ...})
+            metadata={"title": record.title, **record.attributes, **record.metadata},
             media_uri=record.images[0] if record.images else None,
         )
     ]

@@ -55,8 +55,8 @@ class ItemStore:
     >>> store.count(), store.model_tag, store.dim  # doctest: +SKIP
     """
 
-    def __init__(self, db: lancedb.DBConnection, uri: str, name: str, table: lancedb.table.Table | None) -> None:
-        self.db = db
+    def __init__(self, db: lancedb.DBConnection | None, uri: str, name: str, table: lancedb.table.Table | None) -> None:
+        self._db = db  # None: a local folder that does not exist yet (created by the first write, never by reads)
         self.uri = uri
         self.name = name
         self._table = table
@@ -69,10 +69,14 @@ class ItemStore:
     def open(
         cls, uri: str | os.PathLike[str], table: str = "items", *, model_tag: str | None = None, dim: int | None = None
     ) -> ItemStore:
-        """Open (or prepare to create) a table. With ``model_tag``/``dim`` given, refuse a table of another model."""
+        """Open (or prepare to create) a table. With ``model_tag``/``dim`` given, refuse a table of another model.
+
+        Opening creates nothing: a missing local folder is created by the first write (reading commands on a
+        mistyped path leave no folder behind).
+        """
         uri = str(uri)
-        if "://" not in uri:
-            Path(uri).mkdir(parents=True, exist_ok=True)
+        if "://" not in uri and not Path(uri).is_dir():
+            return cls(None, uri, table, None)
         db = lancedb.connect(uri)
         tbl = db.open_table(table) if table in _table_names(db) else None
         if tbl is not None and not {"item_id", "vector", "record_key"} <= set(tbl.schema.names):
@@ -84,6 +88,15 @@ class ItemStore:
         if tbl is not None and (model_tag is not None or dim is not None):
             store.check_model(model_tag, dim)
         return store
+
+    @property
+    def db(self) -> lancedb.DBConnection:
+        """The LanceDB connection (connecting creates a missing local folder: only writers ask for it)."""
+        if self._db is None:
+            if "://" not in self.uri:
+                Path(self.uri).mkdir(parents=True, exist_ok=True)
+            self._db = lancedb.connect(self.uri)
+        return self._db
 
     @property
     def exists(self) -> bool:
@@ -299,6 +312,8 @@ class ItemStore:
         return f"{self.name}_errors"
 
     def _errors_table(self, create: bool) -> lancedb.table.Table | None:
+        if self._db is None and not create:
+            return None  # no database folder: no errors either
         if self._errors is None:
             if self.errors_name in _table_names(self.db):
                 self._errors = self.db.open_table(self.errors_name)

@@ -322,3 +322,14 @@ def test_the_duckdb_example_of_docs_ingest(shared_data: Path, tmp_path: Path, mo
     assert [Path(p).name for p in hoodie.images] == ["mh01-gray_main.jpg", "mh01-gray_back.jpg",
                                                      "mh01-black_main.jpg"]  # the manifest's order: main first
     assert hoodie.attributes["material"] == "Wool" and all(Path(p).is_file() for p in hoodie.images)
+
+
+def test_reading_commands_and_failed_embeds_create_no_database_folder(tmp_path: Path, capsys) -> None:
+    from cope.cli import main
+
+    nope = tmp_path / "nope.lancedb"
+    for argv in (["stats", "--db", str(nope)], ["errors", "--db", str(nope)], ["check", "--db", str(nope)],
+                 ["embed", str(tmp_path / "missing.jsonl"), "--db", str(nope)]):
+        main(argv)
+        assert not nope.exists(), argv
+    capsys.readouterr()
