@@ -48,6 +48,9 @@ class EmbedConfig(BaseModel):
     compact: bool = Field(default=True, description="merge fragments and drop old versions at the end")
     heads: str | None = Field(default=None, description="trained COPE heads (cope train --out) applied before "
                               "writing; the table then holds the heads' space")
+    projection: str | None = Field(default=None, description="a fitted projection folder (cope reproject --pca, "
+                                   "<db>/_cope_projections/<fingerprint>) applied last; default: the table's own, "
+                                   "when it has one")
 
     @field_validator("columns")
     @classmethod
@@ -59,7 +62,7 @@ class EmbedConfig(BaseModel):
         return ManifestOptions(default_domain=self.default_domain, columns=self.columns, media_root=self.media_root)
 
     def pipeline_spec(self) -> PipelineSpec:
-        """The spec of the vectors this run makes (heads are added by :meth:`EmbedCore.open`)."""
+        """The spec of the vectors this run makes (heads and projection are added by :meth:`EmbedCore.open`)."""
         options = {"pretrained": self.pretrained} if self.pretrained else {}
         return PipelineSpec(encoder=EncoderSpec(name=self.model, options=options), extract=self.extract,
                             fusion=self.fusion)

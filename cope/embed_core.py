@@ -21,6 +21,7 @@ from cope.manifest import ManifestRow, expand_inputs, read_manifest
 from cope.pipeline import PipelineSpec
 from cope.records import Record
 from cope.store import ItemStore
+from cope.store.schema import compute_schema
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +54,11 @@ def select_todo(store: ItemStore, records: Sequence[Record], digests: Sequence[s
 
 
 def write_rows(store: ItemStore, rows: list[dict[str, Any]]) -> None:
-    """Upsert store rows (whole records) in one commit."""
+    """Upsert store rows (whole records) in one commit, in the table's storage (float16 vectors, or the unified
+    vector only: the columns a table does not have are left out)."""
     if rows:
-        store.upsert(pa.Table.from_pylist(rows, schema=store.table.schema))
+        schema = store.table.schema
+        store.upsert(pa.Table.from_pylist(rows, schema=compute_schema(schema)).cast(schema))
 
 
 def resolve_db(db: str | os.PathLike[str]) -> str:
@@ -76,7 +79,9 @@ def _same_request(stored: PipelineSpec, asked: PipelineSpec) -> bool:
     fingerprint) and where the heads were found."""
     def request(spec: PipelineSpec) -> PipelineSpec:
         heads = spec.heads.model_copy(update={"uri": None}) if spec.heads else None
-        return spec.model_copy(update={"encoder_tag": None, "encoder_dim": None, "heads": heads})
+        projection = spec.projection.model_copy(update={"uri": None}) if spec.projection else None
+        return spec.model_copy(update={"encoder_tag": None, "encoder_dim": None, "heads": heads,
+                                       "projection": projection})
 
     return request(stored) == request(asked)
 
@@ -128,6 +133,9 @@ class EmbedCore:
         When the table records exactly the pipeline the config asks for (encoder name and options, extraction,
         fusion, heads), that spec is used as it is and the models load only when a record needs them; otherwise
         the pipeline is built now, to learn its tag (the weights' fingerprint) before anything is written.
+
+        A table's fitted projection (PCA, ``cope reproject --pca``) belongs to the table: a run that names none
+        (``projection``) writes through the table's own, when the rest of its pipeline is the one asked for.
         """
         db = resolve_db(db)
         spec = config.pipeline_spec()
@@ -135,12 +143,26 @@ class EmbedCore:
             from cope.heads import heads_ref
 
             spec = spec.model_copy(update={"heads": heads_ref(config.heads)})
+        if config.projection:
+            from cope.projection import projection_ref
+
+            spec = spec.model_copy(update={"projection": projection_ref(config.projection)})
+        stored = _stored_spec(db, config.table)
+        own = stored.projection if stored is not None and spec.projection is None else None
+        if own is not None and stored is not None and _same_request(stored.without_projection(), spec):
+            logger.info("table %r ends in %s projection %s: new items are written through it", config.table,
+                        own.kind, own.fingerprint)
+            spec, own = spec.model_copy(update={"projection": own}), None
         if encoder is None:
-            stored = _stored_spec(db, config.table)
             if stored is not None and _same_request(stored, spec):
                 logger.debug("table %r records this pipeline (%s): models load when needed", config.table, stored.tag)
                 return cls(db, config, stored)
         pipeline = Pipeline.build(spec, encoder=encoder, db=db, device=config.device, threads=config.threads)
+        if own is not None and stored is not None and pipeline.spec.tag == stored.without_projection().tag:
+            logger.info("table %r ends in %s projection %s: new items are written through it", config.table,
+                        own.kind, own.fingerprint)  # the encoder passed in makes the table's vectors
+            pipeline = Pipeline.build(pipeline.spec.model_copy(update={"projection": own}), encoder=pipeline.encoder,
+                                      db=db, device=config.device, threads=config.threads)
         return cls(db, config, pipeline.spec, pipeline)
 
     @property
@@ -148,11 +170,15 @@ class EmbedCore:
         return self.spec.tag
 
     def ensure_table(self) -> None:
-        """Create the table (with the spec in its metadata) and keep a copy of the heads beside it."""
+        """Create the table (with the spec in its metadata) and keep a copy of the heads and projection beside it."""
         if self.spec.heads is not None:
             from cope.heads import install_heads
 
             install_heads(self.spec.heads, self.db)
+        if self.spec.projection is not None:
+            from cope.projection import install_projection
+
+            install_projection(self.spec.projection, self.db)
         self.store.ensure_table(self.spec.tag, self.spec.dim, self.spec.to_metadata(), ocr=self.spec.extract.ocr)
 
     def manifest_rows(self, manifests: Sequence[str | os.PathLike[str]]) -> Iterator[ManifestRow]:

@@ -2,7 +2,8 @@
 
 Items and queries take the same path: extract (:mod:`cope.extractors`) -> preprocess (encoder transform, in worker
 threads or Ray tasks) -> encode (batched across items) -> fuse -> project through trained heads (when the spec has
-them). The local job, the Ray engine and :class:`cope.api.CopeDB` all call this module; none has its own copy.
+them) -> a fitted projection (PCA, when the spec has one: :mod:`cope.projection`). The local job, the Ray engine
+and :class:`cope.api.CopeDB` all call this module; none has its own copy.
 
 >>> pipeline = Pipeline.build(PipelineSpec(encoder=EncoderSpec(name=TINY_MODEL)))
 >>> pipeline.tag
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
     from cope.encoders import Encoder
     from cope.extractors.ocr import OcrCache
+    from cope.projection import PcaProjection
 
 logger = logging.getLogger(__name__)
 
@@ -135,13 +137,15 @@ def default_query_domain(kind: str, domains: Sequence[str]) -> str:
 
 
 class Pipeline:
-    """A built pipeline: the spec (resolved: encoder tag and dim filled in), the encoder and the heads projector."""
+    """A built pipeline: the spec (resolved: encoder tag and dim filled in), the encoder, the heads projector and the
+    fitted projection."""
 
     def __init__(self, spec: PipelineSpec, encoder: Encoder, projector: Projector | None = None,
-                 ocr_cache: OcrCache | None = None) -> None:
+                 ocr_cache: OcrCache | None = None, projection: PcaProjection | None = None) -> None:
         self.spec = spec
         self.encoder = encoder
         self.projector = projector
+        self.projection = projection
         self.ocr_cache = ocr_cache
         #: pictures read by OCR and served from the cache, since the pipeline was built
         self.ocr_stats: dict[str, int] = {"read": 0, "cached": 0}
@@ -151,8 +155,9 @@ class Pipeline:
         cls, spec: PipelineSpec, *, encoder: Encoder | None = None, db: str | os.PathLike[str] | None = None,
         device: str = "cpu", threads: int | None = None,
     ) -> Pipeline:
-        """Build the encoder (unless given) and the heads of ``spec``; refuse an encoder whose weights differ from
-        the ones the spec was made with. ``db`` is where a table's copy of its heads is looked for."""
+        """Build the encoder (unless given), the heads and the projection of ``spec``; refuse an encoder whose
+        weights differ from the ones the spec was made with. ``db`` is where a table's copy of its heads and
+        projection is looked for."""
         if encoder is None:
             from cope.encoders import create_encoder
 
@@ -170,6 +175,8 @@ class Pipeline:
         spec = spec.model_copy(update={"encoder_tag": encoder.model_tag, "encoder_dim": encoder.dim,
                                        **({"encoder": EncoderSpec(**described)} if described else {})})
         projector = None
+        ref = spec.projection
+        spec = spec.without_projection()
         if spec.heads is not None:
             from cope.heads import HeadsProjector, locate_heads
 
@@ -179,6 +186,12 @@ class Pipeline:
                                             device=device)
             if projector.fingerprint != spec.heads.fingerprint:
                 raise ModelMismatchError(f"heads {projector.fingerprint} are not {spec.heads.fingerprint}")
+        projection = None
+        if ref is not None:
+            from cope.projection import load_projection, locate_projection
+
+            spec = spec.with_projection(ref)  # checks what it was fitted on against this pipeline
+            projection = load_projection(locate_projection(ref, db), ref.fingerprint)
         ocr_cache = None
         if spec.extract.ocr:
             from cope.extractors.ocr import check_available
@@ -188,7 +201,7 @@ class Pipeline:
                 from cope.store.ocr_cache import OcrCacheTable
 
                 ocr_cache = OcrCacheTable.open(db)
-        return cls(spec, encoder, projector, ocr_cache)
+        return cls(spec, encoder, projector, ocr_cache, projection)
 
     @property
     def tag(self) -> str:
@@ -219,8 +232,8 @@ class Pipeline:
 
     def encode_parts(self, contents: Sequence[Content], tensors: Sequence[Sequence[torch.Tensor]],
                      domains: Sequence[str], batch_size: int = 32, text_batch_size: int = 64) -> Parts:
-        """Encode contents (images stacked in full batches across contents, texts together), fuse, and project
-        through the heads by domain."""
+        """Encode contents (images stacked in full batches across contents, texts together), fuse, project
+        through the heads by domain, then through the fitted projection (every part with the same map)."""
         import torch
 
         encoder, dim = self.encoder, self.encoder.dim
@@ -256,6 +269,11 @@ class Pipeline:
         ]) if n else np.zeros((0, dim), np.float32)
         if self.projector is not None and n:  # heads take the image and text parts (the OCR part stays as is)
             vector, image, text = self.projector.project(image, text, has_image, has_text, list(domains))
+        if self.projection is not None and n:
+            p = self.projection
+            vector, image, text = p.apply(vector), p.apply(image), p.apply(text)
+            if ocr is not None and ocr.shape[1] == p.input_dim:
+                ocr = p.apply(ocr)
         return Parts(vector, image, text, has_image, has_text, n_images, ocr, has_ocr)
 
     def encode(self, batch: Sequence[Prepared], batch_size: int = 32, text_batch_size: int = 64) -> list[dict[str, Any]]:

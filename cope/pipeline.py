@@ -1,7 +1,8 @@
 """The pipeline spec: everything an item's vector is a function of, as one typed, serialisable object.
 
 An item's vector depends on the encoder (name, options, weights fingerprint), the extraction options (frames per
-video and per slice, images per product), the fusion weights, and optional trained heads (by fingerprint). The spec
+video and per slice, images per product), the fusion weights, optional trained heads (by fingerprint) and an
+optional fitted projection (PCA, by fingerprint) applied last. The spec
 names all of them, has one :attr:`PipelineSpec.tag`, writes itself into a table's schema metadata and is rebuilt
 from it (as lancedb does with ``function_to_metadata`` / ``parse_functions``). The embed job, the Ray engine,
 ``reproject``, ``eval``, ``train``, queries and the notebook all go through it; nothing parses a tag string back.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -69,9 +71,29 @@ class HeadsRef(BaseModel):
     uri: str | None = None
 
 
+class ProjectionRef(BaseModel):
+    """A projection fitted on a catalog's vectors (``kind`` ``pca``: centre, keep the top ``dim`` principal
+    directions, L2-normalise), named by the fingerprint of its parameters and applied after fusion and heads.
+
+    ``base_tag``/``input_dim`` name the vectors it takes (the pipeline's tag and dimension without the projection).
+    ``uri`` is where the parameters were found (absolute); the database folder keeps a copy under
+    ``_cope_projections/<fingerprint>/`` (see :func:`cope.projection.locate_projection`). Either copy is checked
+    against the fingerprint before use.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["pca"] = "pca"
+    fingerprint: str
+    base_tag: str = Field(description="tag of the pipeline whose vectors the projection takes")
+    input_dim: int = Field(ge=1)
+    dim: int = Field(ge=1)
+    uri: str | None = None
+
+
 class PipelineSpec(BaseModel):
-    """Encoder, extraction, fusion and heads of one vector space. ``encoder_tag``/``encoder_dim`` are filled in when
-    the encoder is built (:meth:`cope.embedding.Pipeline.build`): they fingerprint its weights."""
+    """Encoder, extraction, fusion, heads and projection of one vector space. ``encoder_tag``/``encoder_dim`` are
+    filled in when the encoder is built (:meth:`cope.embedding.Pipeline.build`): they fingerprint its weights."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -82,6 +104,7 @@ class PipelineSpec(BaseModel):
     heads: HeadsRef | None = None
     encoder_tag: str | None = None
     encoder_dim: int | None = Field(default=None, ge=1)
+    projection: ProjectionRef | None = None
 
     # -- identity ------------------------------------------------------------------------------------------------
     @property
@@ -109,18 +132,41 @@ class PipelineSpec(BaseModel):
     @property
     def tag(self) -> str:
         """The one name of this vector space: two pipelines with the same tag give the same vectors."""
-        return self.base_tag + (f";heads={self.heads.fingerprint}" if self.heads else "")
+        tag = self.base_tag + (f";heads={self.heads.fingerprint}" if self.heads else "")
+        return tag + (f";{self.projection.kind}={self.projection.fingerprint}" if self.projection else "")
 
     @property
     def dim(self) -> int:
+        if self.projection is not None:
+            return self.projection.dim
         self._require_resolved()
         assert self.encoder_dim is not None
         return self.heads.dim if self.heads else self.encoder_dim
 
     def without_heads(self) -> PipelineSpec:
-        return self.model_copy(update={"heads": None})
+        """The base pipeline (no heads, hence no projection either: it was fitted on the heads' vectors)."""
+        return self.model_copy(update={"heads": None, "projection": None})
+
+    def without_projection(self) -> PipelineSpec:
+        return self.model_copy(update={"projection": None})
+
+    def with_projection(self, projection: ProjectionRef) -> PipelineSpec:
+        """This pipeline followed by ``projection``, refused unless it was fitted on this pipeline's vectors."""
+        before = self.without_projection()
+        if projection.base_tag != before.tag or projection.input_dim != before.dim:
+            raise StoreMismatchError(
+                f"this {projection.kind} projection was fitted on vectors of {projection.base_tag!r} "
+                f"(dim {projection.input_dim}), but this pipeline makes {before.tag!r} (dim {before.dim}). Fit one on "
+                "a table of this pipeline (`cope reproject --pca DIM`) or embed with the projection's pipeline."
+            )
+        return self.model_copy(update={"projection": projection})
 
     def with_heads(self, heads: HeadsRef) -> PipelineSpec:
+        if self.projection is not None:
+            raise HeadsMismatchError(
+                f"this pipeline ends in a {self.projection.kind} projection ({self.projection.fingerprint}): heads "
+                "take the vectors before it. Add the heads to the pipeline without the projection, then fit one."
+            )
         if heads.base_tag != self.base_tag:
             raise HeadsMismatchError(
                 f"these heads were trained on vectors of {heads.base_tag!r}, but this pipeline makes {self.base_tag!r}."
