@@ -105,5 +105,32 @@ def make_demo_catalog(out_dir: str | Path, n_products: int = 8, image_size: int 
     with manifest.open("w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
+    write_demo_behaviour(out, n_products, live_slice_seconds)
     logger.info("wrote a demo catalog of %d records to %s", len(rows), manifest)
     return manifest
+
+
+def write_demo_behaviour(out: Path, n_products: int, live_slice_seconds: float = 10.0, n_users: int = 12,
+                         seed: int = 0) -> tuple[Path, Path]:
+    """``events.csv`` (users viewing product pages, videos and live slices of the demo catalog) and ``links.csv``
+    (the platform's links from videos and images to the products they show), for ``cope join``."""
+    rng = np.random.default_rng(seed)
+    events = ["user_id,ts,domain,id,offset"]
+    start = 1_767_225_600  # 2026-01-01T00:00:00Z
+    for u in range(n_users):
+        liked = rng.choice(n_products, size=min(3, n_products), replace=False)
+        for j in range(8):
+            i = int(rng.choice(liked))
+            key, t = f"p{i:03d}", start + u * 3600 + j * 60
+            kind = rng.integers(0, 3)
+            if kind == 0:
+                events.append(f"u{u:02d},{t},product,{key},")
+            elif kind == 1 or i >= 3:
+                events.append(f"u{u:02d},{t},video,vid-{key},")
+            else:  # the live stream sells the first three products, one per slice
+                events.append(f"u{u:02d},{t},live,live-001,{i * live_slice_seconds + 3:g}")
+    links = ["domain,id,product_id"] + [f"video,vid-p{i:03d},p{i:03d}" for i in range(n_products)] + [
+        f"image,img-p{i:03d},p{i:03d}" for i in range(n_products)]
+    (out / "events.csv").write_text("\n".join(events) + "\n")
+    (out / "links.csv").write_text("\n".join(links) + "\n")
+    return out / "events.csv", out / "links.csv"
