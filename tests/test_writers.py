@@ -216,13 +216,18 @@ def test_racing_upserts_without_lease_cannot_duplicate_ids(tmp_path: Path) -> No
 
 
 _SLOW_LEASE = """
-import time, cope.store.item_store as s
+import glob, os, time, cope.store.item_store as s
+_dir = os.environ["COPE_TEST_DIR"]
+open(os.path.join(_dir, f"started-{os.getpid()}"), "w").close()
 _real = s.ItemStore.acquire_lease
 def acquire_lease(self, *a, **kw):
     first = self.lease is None
     lease = _real(self, *a, **kw)
-    if first:
-        time.sleep(3.0)  # test-only: hold the lease a while before writing, so that the two runs overlap
+    if first:  # test-only: hold the lease until the other run has started and is waiting for it
+        deadline = time.time() + 90
+        while len(glob.glob(os.path.join(_dir, "started-*"))) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(4.0)
     return lease
 s.ItemStore.acquire_lease = acquire_lease
 """
@@ -235,7 +240,7 @@ def test_two_cope_embed_processes_one_writes_the_other_waits(tiny_config_dir: Pa
     (tmp_path / "hook").mkdir()
     (tmp_path / "hook" / "sitecustomize.py").write_text(_SLOW_LEASE)
     db = tmp_path / "db"
-    env = _env(COPE_LEASE_WAIT="120", COPE_MODEL_CONFIGS=str(tiny_config_dir))
+    env = _env(COPE_LEASE_WAIT="120", COPE_MODEL_CONFIGS=str(tiny_config_dir), COPE_TEST_DIR=str(tmp_path / "hook"))
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "hook"), env["PYTHONPATH"]])
     cmd = [sys.executable, "-m", "cope.cli", "-q", "embed", "--db", str(db), "--model", f"open_clip:{TINY_MODEL}",
            "--batch-size", "4", "--write-every", "4", "--threads", "1", "--workers", "1"]
