@@ -1,15 +1,35 @@
-"""Single-machine job vs the Ray Data engine on the same catalog; Ray start-up cost.
+"""The Ray Data engine on a two-node Ray cluster vs the single-machine job, and 1 vs 2 encoder actors.
 
-    .venv/bin/python benchmarks/bench_ray.py --images 256 --arch ViT-S-32
+    .venv/bin/python benchmarks/bench_ray.py                                  # 2,000 images, tiny model + ViT-S-32
+    .venv/bin/python benchmarks/bench_ray.py --images 200 --models test-tiny-16 --repeats 1 --small 32  # a quick look
 
-Both runs embed the same generated 800x800 JPEG catalog into fresh tables; the ratio is ray / local wall time.
+Generates small JPEGs (64-128 px, PIL) under /tmp, starts a real two-node Ray cluster on this machine
+(``ray.cluster_utils.Cluster``: two raylets and two object stores of 150 MiB, 1 CPU each, under a private
+``RAY_TMPDIR``; ``--soft-limit``: see :func:`start_cluster`), and for each model, after one first Ray run that
+starts the worker processes (timed apart), runs in A B C D A B C D order, into fresh tables:
+
+- A: the local job (``cope.job.embed``, ``--threads`` torch threads, 2 extraction threads),
+- B: ``embed_ray(address=cluster)`` with 1 actor (1 torch thread, 0.5 CPU), extraction tasks at 0.25 CPU,
+- C: the same with 2 actors,
+- D: B on the first ``--small`` images only: a Ray run's fixed cost, and so B's rate beyond it.
+
+It prints ray/local time ratios and the 1 -> 2 actor speed-up (min and median over the rounds), the per-CPU rates
+of the two stages measured alone in this process (decode + preprocess; the model on one thread: the per-actor
+ceiling), the pickled size of each Ray stage, and writes ``benchmarks/results/bench_ray.json``. Random weights
+(``pretrained=None``): speed does not depend on them. The machine is shared and has 2 cores: the two "nodes" share
+them, so 2 actors can at best use the second core, and other processes make single timings noisy (hence the
+alternation, min and median).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import logging
 import os
+import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -17,53 +37,245 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.conftest: the tiny model's config
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_embed: 800x800 photos
 
-from bench_embed import catalog
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def make_images(folder: Path, n: int, lo: int = 64, hi: int = 128) -> Path:
+    """``n`` small photo-like JPEGs (gradient, noise, shapes; sides in [lo, hi]) and their image manifest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        path = folder / f"{i}.jpg"
+        if not path.exists():
+            rng = np.random.default_rng(i)
+            w, h = (int(v) for v in rng.integers(lo, hi + 1, 2))
+            y, x = np.mgrid[0:h, 0:w]
+            base = np.stack([120 + 100 * x / w, 120 + 80 * y / h, 150 + 60 * (1 - x / w)], axis=-1)
+            im = Image.fromarray(np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8))
+            draw = ImageDraw.Draw(im)
+            for _ in range(3):
+                x0, y0 = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
+                draw.ellipse([x0, y0, x0 + int(rng.integers(8, w // 2)), y0 + int(rng.integers(8, h // 2))],
+                             fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+            im.save(path, quality=90)
+        lines.append(json.dumps({"domain": "image", "image_id": f"i{i}", "uri": path.name}))
+    manifest = folder / f"images_{n}.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+class _StageSizes(logging.Handler):
+    """Keeps the stage payload sizes ``cope.ray_engine`` logs (``extra={"stage_bytes": ...}``)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.sizes: dict[str, int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if hasattr(record, "stage_bytes"):
+            self.sizes = dict(record.stage_bytes)
+
+
+def stage_rates(model: str, manifest: Path, large: Path | None = None, n: int = 256) -> dict[str, float]:
+    """Each stage alone on one CPU: decode + preprocess (``prepare_record``) of the benchmark's images (and of the
+    800x800 JPEGs of ``large``) per second, the model's images/s on one thread, and its FLOPs per image (torch's
+    FlopCounterMode: matmuls and convolutions), from which GPU rates are extrapolated in docs/distributed.md."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cope.content import ExtractOptions
+    from cope.embedding import prepare_record
+    from cope.encoders import create_encoder
+    from cope.manifest import read_manifest
+
+    def decode_rate(path: Path) -> tuple[float, list]:
+        rows = [r for _, r in zip(range(n), read_manifest(path))]
+        t0 = time.perf_counter()
+        prepared = [prepare_record(r.record, r.where, "", encoder.preprocess, options) for r in rows]
+        return len(rows) / (time.perf_counter() - t0), [t for p in prepared for per in p.tensors for t in per]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        encoder = create_encoder(model, threads=1)
+        options = ExtractOptions(image_size=encoder.image_size)
+        decode, tensors = decode_rate(manifest)
+        out = {"decode_preprocess_per_cpu": decode}
+        if large is not None:
+            out["decode_preprocess_800px_per_cpu"] = decode_rate(large)[0]
+        with FlopCounterMode(display=False) as flops:
+            encoder.encode_image_tensors(torch.stack(tensors[:32]))  # also the warm-up
+        out["image_gflops_per_image"] = flops.get_total_flops() / 32 / 1e9
+        t0 = time.perf_counter()
+        for i in range(0, len(tensors), 32):
+            encoder.encode_image_tensors(torch.stack(tensors[i : i + 32]))
+        out["model_per_thread"] = len(tensors) / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def start_cluster(tmp: str, soft_limit: int = 0):
+    """A head and a worker node, 1 CPU each (Ray's own test helper; the same processes as ``ray start``).
+
+    ``soft_limit`` > 0 sets Ray's ``num_workers_soft_limit`` (idle worker processes a node keeps; by default as many
+    as it has CPUs, here 1: the others are killed after 1 s idle, and the next task pays a new process and its
+    imports, ~10 s with torch on this machine)."""
+    from ray.cluster_utils import Cluster
+
+    os.environ["RAY_TMPDIR"] = tmp  # the cluster's address file stays out of /tmp/ray: no other ray.init() finds it
+    cluster = Cluster(shutdown_at_exit=True)
+    cluster.add_node(num_cpus=1, include_dashboard=False,
+                     **({"_system_config": {"num_workers_soft_limit": soft_limit}} if soft_limit else {}))
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    return cluster
+
+
+def run_once(kind: str, db: Path, manifest: Path, images: int, *, local_cfg, ray_cfg, address: str,
+             per_task: int) -> float:
+    """Seconds of one run into a fresh table: ``local``, or ``ray<N>`` (N actors of 0.5 CPU on the cluster)."""
+    from cope.job import embed
+    from cope.ray_engine import embed_ray
+
+    shutil.rmtree(db, ignore_errors=True)
+    t = time.perf_counter()
+    if kind == "local":
+        s = embed(manifest, db, config=local_cfg)
+    else:
+        s = embed_ray([manifest], db, ray_cfg, address=address, actors=int(kind[3:]), cpus_per_actor=0.5,
+                      cpus_per_task=0.25, records_per_task=per_task)
+    seconds = time.perf_counter() - t
+    assert (s.done, s.failed) == (images, 0), s
+    shutil.rmtree(db, ignore_errors=True)
+    return seconds
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=256)
-    ap.add_argument("--arch", default="ViT-S-32")
-    ap.add_argument("--actors", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--gpus-per-actor", type=float, default=0.0)
-    ap.add_argument("--work", default=None)
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--models", default="test-tiny-16,ViT-S-32", help="open_clip architectures, comma-separated")
+    ap.add_argument("--repeats", default="3,2", help="rounds per model (one number, or one per model)")
+    ap.add_argument("--small", type=int, default=64, help="images of the small Ray run (its fixed cost)")
+    ap.add_argument("--soft-limit", type=int, default=8,
+                    help="Ray's num_workers_soft_limit on the 1-CPU nodes (0: Ray's default, 1 here)")
+    ap.add_argument("--large", type=int, default=64, help="800x800 JPEGs for the decode rate alone (0: skip)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the local job")
+    ap.add_argument("--records-per-task", type=int, default=64)
+    ap.add_argument("--work", default=None, help="folder for images and tables (default: a new one in /tmp)")
     args = ap.parse_args()
-    work = Path(args.work or tempfile.mkdtemp(prefix="cope-bench-ray-"))
-    manifest = catalog(work / "photos", args.images)
+
+    from tests.conftest import TINY_CONFIG, TINY_MODEL
+
+    archs = args.models.split(",")
+    counts = [int(r) for r in str(args.repeats).split(",")]
+    repeats = {a: counts[min(i, len(counts) - 1)] for i, a in enumerate(archs)}
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="cope-bench-ray-", dir="/tmp"))
+    configs = work / "model_configs"
+    configs.mkdir(parents=True, exist_ok=True)
+    (configs / f"{TINY_MODEL}.json").write_text(json.dumps(TINY_CONFIG))
+    t0 = time.perf_counter()
+    manifest = make_images(work / "images", args.images)
+    small = manifest.with_name(f"first_{args.small}.jsonl")
+    small.write_text("".join(manifest.read_text().splitlines(keepends=True)[: args.small]))
+    large = None
+    if args.large:
+        from bench_embed import catalog
+
+        large = catalog(work / "large", args.large)
+    print(f"{args.images} JPEGs (64-128 px) in {work / 'images'} ({time.perf_counter() - t0:.1f} s)", flush=True)
 
     import ray
 
-    from cope.job import EmbedConfig, embed
-    from cope.ray_engine import embed_ray
+    from cope._torchvision_fix import ensure_torchvision_importable
 
-    config = EmbedConfig(model=f"open_clip:{args.arch}", threads=args.threads, progress=False, compact=False,
-                         device="cuda" if args.gpus_per_actor else "cpu")
-    t0 = time.perf_counter()
-    local = embed(manifest, work / "db_local", config=config)
-    local_s = time.perf_counter() - t0
+    ensure_torchvision_importable()
+    from cope.job import EmbedConfig
 
+    sizes = _StageSizes()
+    logging.getLogger("cope.ray_engine").addHandler(sizes)
+    logging.getLogger("cope.ray_engine").setLevel(logging.INFO)
+
+    saved_env = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "COPE_MODEL_CONFIGS")}
+    ray_tmp = tempfile.mkdtemp(prefix="cope-rb-", dir="/tmp")
+    os.environ.pop("COPE_MODEL_CONFIGS", None)  # the nodes get it from the job's runtime env (embed_ray forwards it)
     t0 = time.perf_counter()
-    ray.init(include_dashboard=False, log_to_driver=False)
-    startup_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    dist = embed_ray([manifest], work / "db_ray", config, actors=args.actors, gpus_per_actor=args.gpus_per_actor)
-    ray_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    again = embed_ray([manifest], work / "db_ray", config, actors=args.actors, gpus_per_actor=args.gpus_per_actor)
-    rerun_s = time.perf_counter() - t0
-    ray.shutdown()
-    res = {"images": args.images, "arch": args.arch, "cpus": os.cpu_count(), "local_s": local_s,
-           "local_ips": local.items / local_s, "ray_startup_s": startup_s, "ray_s": ray_s, "ray_ips": dist.items / ray_s,
-           "ray_over_local": ray_s / local_s, "ray_rerun_noop_s": rerun_s, "rerun_skipped": again.skipped}
-    print(f"{args.images} images, {args.arch}: local {local_s:.1f} s ({res['local_ips']:.1f} img/s) | "
-          f"ray {ray_s:.1f} s ({res['ray_ips']:.1f} img/s) + start-up {startup_s:.1f} s | "
-          f"ray/local time {res['ray_over_local']:.2f} | no-op re-run on ray {rerun_s:.1f} s")
+    cluster = start_cluster(ray_tmp, args.soft_limit)
+    cluster_s = time.perf_counter() - t0
+    os.environ["COPE_MODEL_CONFIGS"] = str(configs)
+    print(f"two-node cluster up in {cluster_s:.1f} s at {cluster.address}", flush=True)
+    results: dict = {"images": args.images, "cpus": os.cpu_count(), "cluster_start_s": cluster_s,
+                     "num_workers_soft_limit": args.soft_limit or "ray default", "models": {}}
+    try:
+        for arch in archs:
+            model = f"open_clip:{arch}"
+            local_cfg = EmbedConfig(model=model, threads=args.threads, progress=False, compact=False)
+            ray_cfg = local_cfg.model_copy(update={"threads": 1})
+            run = functools.partial(run_once, local_cfg=local_cfg, ray_cfg=ray_cfg, address=cluster.address,
+                                    per_task=args.records_per_task)
+            # first Ray run of the model: worker processes start and import torch
+            cold = run("ray1", work / "db_cold", small, args.small)
+            times: dict[str, list[float]] = {"local": [], "ray1": [], "ray2": [], "ray1_small": []}
+            for r in range(repeats[arch]):
+                for kind in times:
+                    m, n = (small, args.small) if kind.endswith("_small") else (manifest, args.images)
+                    times[kind].append(run(kind.removesuffix("_small"), work / f"db_{kind}", m, n))
+                print(f"  {arch} round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()),
+                      flush=True)
+            rates = stage_rates(model, manifest, large)
+            # a Ray run costs a fixed part (actor and worker start-up, model load, scheduling) plus a part per item:
+            # the items beyond the small run over the time beyond it, per round
+            marginal = [(args.images - args.small) / max(big - little, 1e-9)
+                        for big, little in zip(times["ray1"], times["ray1_small"])]
+            res = {
+                "seconds": times, "cold_ray1_small_s": cold, "small_images": args.small,
+                "ray1_over_local": summary([b / a for a, b in zip(times["local"], times["ray1"])]),
+                "ray2_over_local": summary([c / a for a, c in zip(times["local"], times["ray2"])]),
+                "speedup_1_to_2_actors": summary([b / c for b, c in zip(times["ray1"], times["ray2"])]),
+                "items_per_s": {k: summary([args.images / t for t in v]) for k, v in times.items()
+                                if not k.endswith("_small")},
+                "ray1_marginal_items_per_s": summary(marginal),
+                "ray1_fixed_s": summary([t - args.small / m for t, m in zip(times["ray1_small"], marginal)]),
+                "stage_rates_per_cpu": rates, "stage_bytes": sizes.sizes,
+            }
+            results["models"][arch] = res
+            ips = res["items_per_s"]
+            print(f"{arch}, {args.images} images, {repeats[arch]} rounds (min / median):\n"
+                  f"  items/s (median): local {ips['local']['median']:.0f} | ray 1 actor {ips['ray1']['median']:.0f} "
+                  f"| ray 2 actors {ips['ray2']['median']:.0f} | first ray run ({args.small} images) {cold:.1f} s\n"
+                  f"  time ray(1 actor)/local {res['ray1_over_local']['min']:.2f} / "
+                  f"{res['ray1_over_local']['median']:.2f} | ray(2 actors)/local {res['ray2_over_local']['min']:.2f} / "
+                  f"{res['ray2_over_local']['median']:.2f} | 1 -> 2 actors speed-up "
+                  f"{res['speedup_1_to_2_actors']['min']:.2f} / {res['speedup_1_to_2_actors']['median']:.2f}\n"
+                  f"  ray 1 actor: fixed {res['ray1_fixed_s']['min']:.1f} / {res['ray1_fixed_s']['median']:.1f} s "
+                  f"per run + {res['ray1_marginal_items_per_s']['median']:.0f} items/s (median) beyond it\n"
+                  f"  alone on 1 CPU: decode+preprocess {rates['decode_preprocess_per_cpu']:.0f} img/s "
+                  f"({rates.get('decode_preprocess_800px_per_cpu', float('nan')):.0f} at 800x800), "
+                  f"model {rates['model_per_thread']:.0f} img/s ({rates['image_gflops_per_image']:.2f} GFLOPs/img)"
+                  " | stage payloads "
+                  + ", ".join(f"{k} {v:,} B" for k, v in sizes.sizes.items()), flush=True)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     out = Path("benchmarks/results")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_ray.json").write_text(json.dumps(res, indent=2))
+    (out / "bench_ray.json").write_text(json.dumps(results, indent=2))
+    print(f"written {out / 'bench_ray.json'}; images left in {work}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ def local_ray(tiny_config_dir: Path):
     import os
 
     os.environ["COPE_MODEL_CONFIGS"] = str(tiny_config_dir)  # forwarded to the workers
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    # address="local": a new Ray even when this shared machine runs a `ray start` cluster (ray.init() would join it)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"COPE_MODEL_CONFIGS": str(tiny_config_dir), "HF_HUB_OFFLINE": "1"}})
     yield
     ray.shutdown()
