@@ -55,6 +55,7 @@ MAX_STAGE_BYTES = 1 << 20
 #: ``preprocess``, which pickles the whole encoder with its weights) is rebuilt from the spec in each worker process
 MAX_INLINE_TRANSFORM_BYTES = 64 << 10
 _STORES: dict[tuple[str, str], tuple[str, ItemStore]] = {}
+_OCR_CACHES: dict[str, Any] = {}
 _TRANSFORMS: dict[bytes, Any] = {}
 
 
@@ -110,30 +111,51 @@ def _transform(transform: bytes | None, encoder_spec: str | None) -> Any:
     return _TRANSFORMS[key]
 
 
+def _ocr_cache(db: str) -> Any:
+    """The database's OCR cache, one per worker process."""
+    if db not in _OCR_CACHES:
+        from cope.store.ocr_cache import OcrCacheTable
+
+        _OCR_CACHES[db] = OcrCacheTable.open(db)
+    return _OCR_CACHES[db]
+
+
 def _extract_batch(batch: pa.Table, *, db: str, table: str, run: str, options_json: str,
-                   transform: bytes | None = None, encoder_spec: str | None = None) -> pa.Table:
-    """Ray task: hash, skip what is stored (the core's decision), extract and preprocess. One row per record."""
+                   transform: bytes | None = None, encoder_spec: str | None = None,
+                   remote_json: str | None = None) -> pa.Table:
+    """Ray task: hash, skip what is stored (the core's decision), extract, read text in pictures (when the pipeline
+    does) and preprocess. One row per record."""
+    from cope import media
     from cope.embed_core import hash_records
 
+    if remote_json is not None:  # remote media settings are per process
+        media.configure(media.RemoteOptions.model_validate_json(remote_json))
     options = ExtractOptions.model_validate_json(options_json)  # the pipeline's, with the encoder's decode hint
+    cache = _ocr_cache(db) if options.ocr else None
     records = [RECORD_ADAPTER.validate_json(r) for r in batch.column("record").to_pylist()]
     origins = batch.column("origin").to_pylist()
     digests = hash_records(records)
     todo = select_todo(_store(db, table, run), records, digests)
-    status, payload, errors = [], [], []
+    status, payload, errors, ocr_errors = [], [], [], []
     for record, origin, digest, needed in zip(records, origins, digests, todo):
+        ocr_error = None
         if not needed:
             status.append("skipped"), payload.append(None), errors.append(None)
-            continue
-        prepared = prepare_record(record, origin, digest, _transform(transform, encoder_spec), options)
-        if prepared.error is not None:
-            status.append("failed"), payload.append(None), errors.append(prepared.error)
         else:
-            prepared.tensors = [[t.numpy() for t in per] for per in prepared.tensors]  # plain arrays travel well
-            status.append("todo"), payload.append(pickle.dumps(prepared, protocol=5)), errors.append(None)
+            prepared = prepare_record(record, origin, digest, _transform(transform, encoder_spec), options, cache)
+            if prepared.error is not None:
+                status.append("failed"), payload.append(None), errors.append(prepared.error)
+            else:
+                prepared.tensors = [[t.numpy() for t in per] for per in prepared.tensors]  # plain arrays travel well
+                status.append("todo"), payload.append(pickle.dumps(prepared, protocol=5)), errors.append(None)
+                ocr_error = "; ".join(f"{c.item_id}: {c.ocr_error}" for c in prepared.contents if c.ocr_error) or None
+        ocr_errors.append(ocr_error)
+    if cache is not None:
+        cache.flush()
     return pa.table({"record_key": [r.record_key for r in records], "origin": origins, "status": status,
                      "stage": ["extract" if s == "failed" else None for s in status],
-                     "error": errors, "payload": pa.array(payload, pa.binary())})
+                     "error": errors, "ocr_error": pa.array(ocr_errors, pa.string()),
+                     "payload": pa.array(payload, pa.binary())})
 
 
 class _EncodeActor:
@@ -176,7 +198,7 @@ class _EncodeActor:
                     rows_out[i] = pickle.dumps(by_record.get(p.record.record_key, []), protocol=5)
                     n_images[i] = p.n_images
         return pa.table({"record_key": batch.column("record_key"), "origin": batch.column("origin"),
-                         "status": status, "stage": stages, "error": errors,
+                         "status": status, "stage": stages, "error": errors, "ocr_error": batch.column("ocr_error"),
                          "rows": pa.array(rows_out, pa.binary()), "n_images": n_images})
 
 
@@ -199,8 +221,13 @@ def _write_batch(batch: pa.Table, *, db: str, table: str, run: str, tag: str) ->
                                                                           "error")))
         if s == "failed"
     ])
+    # written without their OCR part: recorded after the rows (an upsert clears the errors of its records)
+    ocr_failed = [s == "done" and e is not None for s, e in zip(status, batch.column("ocr_error").to_pylist())]
+    store.record_errors([error_row(k, o, "ocr", e, tag) for k, o, e, bad in zip(
+        batch.column("record_key").to_pylist(), batch.column("origin").to_pylist(),
+        batch.column("ocr_error").to_pylist(), ocr_failed) if bad])
     return pa.table({"status": status, "n_items": n_items, "n_images": batch.column("n_images"),
-                     "error": batch.column("error"), "origin": batch.column("origin")})
+                     "error": batch.column("error"), "origin": batch.column("origin"), "ocr_failed": ocr_failed})
 
 
 @dataclass
@@ -243,7 +270,8 @@ def _stages(core: EmbedCore, config: EmbedConfig, db: str, *, actors: int, cpus_
         extract_args = {"ray_remote_args_fn": lambda: {"num_cpus": cpus_per_task}}
     run = uuid.uuid4().hex  # worker processes keep a store per run (see _store)
     extract_kw = {"db": db, "table": config.table, "run": run,
-                  "options_json": core.pipeline.extract_options.model_dump_json(), **transform_kwargs(core.pipeline)}
+                  "options_json": core.pipeline.extract_options.model_dump_json(), **transform_kwargs(core.pipeline),
+                  "remote_json": config.remote.model_dump_json() if config.remote is not None else None}
     actor_kw = {"spec_json": core.spec.model_dump_json(), "db": db, "device": device, "threads": config.threads,
                 "batch_size": config.batch_size, "text_batch_size": config.text_batch_size}
     return {
@@ -300,8 +328,14 @@ def embed_ray(
     """
     import ray
 
+    from cope import media
+    from cope.manifest import check_inputs
+
     db = resolve_db(db)
     paths = [p.resolve() for p in manifest_paths(manifests)]
+    if config.remote is not None:
+        media.configure(config.remote)
+    check_inputs(paths, config.manifest_options())  # a usage error before any model loads
     core = EmbedCore.open(db, config)  # builds the pipeline once here: its tag and dim, checked before any work
     core.ensure_table()
     if not ray.is_initialized():
@@ -329,11 +363,12 @@ def embed_ray(
                 warnings.filterwarnings("ignore", message=".*ray_remote_args_fn.*")
                 ds = _pipeline(ray, items, n_blocks, records_per_task, stages)
             for out in _stream(ds):
-                for status, n_items, n_images, error, origin in zip(
-                    *(out.column(c).to_pylist() for c in ("status", "n_items", "n_images", "error", "origin"))
+                for status, n_items, n_images, error, origin, ocr_failed in zip(*(out.column(c).to_pylist() for c in (
+                    "status", "n_items", "n_images", "error", "origin", "ocr_failed"))
                 ):
                     if status == "done":
                         core.done(1, n_items, n_images)
+                        core.summary.ocr_failed += int(bool(ocr_failed))
                     elif status == "skipped":
                         core.skipped()
                     else:  # already in the errors table (written by the task)

@@ -92,3 +92,32 @@ def test_ray_engine_with_heads_equals_the_local_job(local_ray, demo_catalog: Pat
             assert a[key][col] == b[key][col]
         for col in ("vector", "image_vector", "text_vector"):
             np.testing.assert_allclose(a[key][col], b[key][col], atol=1e-5)
+
+
+def test_ray_engine_reads_text_in_pictures_like_the_local_job(local_ray, tmp_path: Path) -> None:
+    pytest.importorskip("rapidocr_onnxruntime")
+    from PIL import Image, ImageDraw, ImageFont
+
+    from cope.content import ExtractOptions
+    from cope.ray_engine import embed_ray
+
+    font = ImageFont.truetype("DejaVuSans.ttf", 40) if Path("/usr/share/fonts/truetype/dejavu").is_dir() else None
+    rows = []
+    for i, word in enumerate(["SUMMER", "COFFEE", ""]):
+        im = Image.new("RGB", (400, 240), (235, 235, 225))
+        if word:
+            ImageDraw.Draw(im).text((30, 60), word, font=font, fill=(10, 10, 10))
+        im.save(tmp_path / f"{i}.jpg", quality=92)
+        rows.append({"domain": "image", "image_id": f"w{i}", "uri": f"{i}.jpg"})
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = EmbedConfig(model=f"open_clip:{TINY_MODEL}", progress=False, extract=ExtractOptions(ocr=True))
+    on_ray = embed_ray([manifest], tmp_path / "ray", config, actors=1, records_per_task=2)
+    local = embed(manifest, tmp_path / "local", config=config)
+    assert on_ray.done == local.done == 3 and on_ray.model_tag == local.model_tag
+    cols = ["item_id", "vector", "ocr_text", "has_ocr"]
+    a = {r["item_id"]: r for r in ItemStore.open(tmp_path / "ray").read(cols).to_pylist()}
+    b = {r["item_id"]: r for r in ItemStore.open(tmp_path / "local").read(cols).to_pylist()}
+    assert a["image:w0"]["ocr_text"] == b["image:w0"]["ocr_text"] == "SUMMER" and not a["image:w2"]["has_ocr"]
+    for key in a:
+        np.testing.assert_allclose(a[key]["vector"], b[key]["vector"], atol=1e-5)
