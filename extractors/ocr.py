@@ -29,7 +29,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: bump when the reading changes (engine settings, de-duplication): cached results of another version are not used
-OCR_VERSION = "rapidocr-ppocrv4-1"
+OCR_VERSION = "rapidocr-ppocrv4-2"
+
+#: lines with fewer letters or digits than this are dropped ("O" on a cup, "®" on a clock face)
+MIN_LINE_CHARS = 2
 
 _LOCAL = threading.local()
 _ENGINE_LOCK = threading.Lock()
@@ -106,7 +109,7 @@ def read_picture(image: Image.Image, options: ExtractOptions) -> list[tuple[str,
     lines = []
     for box, text, score in found or []:
         text = " ".join(str(text).split())
-        if text:
+        if sum(ch.isalnum() for ch in text) >= MIN_LINE_CHARS:  # a lone glyph on a photo is noise, not text
             lines.append((min(p[1] for p in box), min(p[0] for p in box), text, float(score)))
     lines.sort(key=lambda x: (round(x[0] / 8), x[1]))  # rows (8 px tolerance), then left to right
     return [(text, score) for _, _, text, score in lines]
