@@ -91,7 +91,6 @@ def config_from_args(args: argparse.Namespace) -> EmbedConfig:
 
 def run(args: argparse.Namespace) -> int:
     from cope import media
-    from cope.job import embed
     from cope.manifest import check_inputs, expand_inputs
 
     config = config_from_args(args)
@@ -99,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
     inputs = expand_inputs(args.manifests)  # globs, folders; a missing input is an error before anything loads
     check_inputs(inputs, config.manifest_options())  # one usage error for unmappable columns, before any model
     args.manifests = [str(p) for p in inputs]
+    from cope.job import embed  # LanceDB and the job load only once the inputs are known to be usable
+
     if args.engine == "ray":
         try:
             from cope.ray_engine import embed_ray
