@@ -1,6 +1,7 @@
 """Remote media: ``http(s)://`` and object-store URIs (``s3://``, ``gs://``, ``az://``) read through fsspec.
 
-Needs the ``remote`` extra (``pip install 'cope[remote]'``: fsspec with aiohttp, s3fs, gcsfs, adlfs); without it a
+Needs the ``remote`` extra (``pip install 'cope[remote]'``: fsspec with aiohttp and s3fs; add gcsfs for gs://, adlfs for
+az://); without it a
 remote URI fails with a :class:`~cope.errors.MissingExtraError` naming the extra.
 
 Every remote read is bounded (:class:`RemoteOptions`, set for the process with :func:`configure`):
@@ -122,7 +123,8 @@ def require(uri: str) -> str:
                               f"http(s)://, s3://, gs:// and az://")
     missing = [m for m in ("fsspec", PACKAGES[protocol]) if importlib.util.find_spec(m) is None]
     if missing:
-        raise MissingExtraError(f"reading {s}:// media needs the 'remote' extra: pip install 'cope[remote]' "
+        extra = f" {PACKAGES[protocol]}" if protocol in ("gcs", "abfs") else ""  # not in the extra: see pyproject
+        raise MissingExtraError(f"reading {s}:// media needs the 'remote' extra: pip install 'cope[remote]'{extra} "
                                 f"(missing: {', '.join(missing)})")
     return protocol
 
