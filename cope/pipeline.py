@@ -72,8 +72,8 @@ class HeadsRef(BaseModel):
 
 
 class ProjectionRef(BaseModel):
-    """A projection fitted on a catalog's vectors (``kind`` ``pca``: centre, keep the top ``dim`` principal
-    directions, L2-normalise), named by the fingerprint of its parameters and applied after fusion and heads.
+    """A projection fitted on a catalog's vectors (``kind`` ``pca``: keep the top ``dim`` principal directions,
+    L2-normalise), named by the fingerprint of its parameters and applied after fusion and heads.
 
     ``base_tag``/``input_dim`` name the vectors it takes (the pipeline's tag and dimension without the projection).
     ``uri`` is where the parameters were found (absolute); the database folder keeps a copy under

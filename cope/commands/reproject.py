@@ -38,7 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "`cope train` or heads on the new table)")
     small.add_argument("--sample", type=int, default=100_000, help="rows the PCA is fitted on (default 100000)")
     small.add_argument("--seed", type=int, default=0, help="seed of the PCA's row sample (default 0)")
-    small.add_argument("--no-center", action="store_true", help="fit the PCA without centring")
+    small.add_argument("--center", action="store_true", help="centre the PCA (default: uncentred, which keeps "
+                       "cross-modal rankings; see docs/compact.md)")
     small.add_argument("--save-to", default=None, metavar="FOLDER",
                        help="also save the fitted PCA here (required for a remote --db)")
     p.set_defaults(func=run)
@@ -56,7 +57,7 @@ def run_compact(args: argparse.Namespace) -> int:
     summary = compact_table(
         args.db, args.table, source_table=args.source_table, pca=args.pca, projection=args.projection,
         float16=args.float16, vector_only=args.vector_only, sample=args.sample, seed=args.seed,
-        center=not args.no_center, save_to=args.save_to, batch_rows=args.batch_rows,
+        center=args.center, save_to=args.save_to, batch_rows=args.batch_rows,
         progress=False if args.quiet else None, compact=not args.no_compact,
     )
     print(summary)

@@ -77,7 +77,7 @@ def compact_table(
     vector_only: bool = False,
     sample: int = DEFAULT_SAMPLE,
     seed: int = 0,
-    center: bool = True,
+    center: bool = False,
     save_to: str | os.PathLike[str] | None = None,
     batch_rows: int = 4096,
     progress: bool | None = None,
