@@ -267,7 +267,9 @@ class Pipeline:
                  ocr[i] if ocr is not None and has_ocr is not None and has_ocr[i] else None)
             for i in range(n)
         ]) if n else np.zeros((0, dim), np.float32)
-        if self.projector is not None and n:  # heads take the image and text parts (the OCR part stays as is)
+        if self.projector is not None and n:  # heads take the image and text parts
+            if ocr is not None and has_ocr is not None:  # the OCR part: a text through its domain's head
+                ocr = self.projector.project(np.zeros_like(ocr), ocr, np.zeros(n, bool), has_ocr, list(domains))[2]
             vector, image, text = self.projector.project(image, text, has_image, has_text, list(domains))
         if self.projection is not None and n:
             p = self.projection

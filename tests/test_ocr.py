@@ -184,3 +184,22 @@ def test_missing_engine_names_the_extra(monkeypatch) -> None:
     monkeypatch.setattr(builtins, "__import__", no_ocr)
     with pytest.raises(MissingExtraError, match=r"cope\[ocr\]"):
         check_available()
+
+
+def test_heads_table_with_ocr_projects_the_ocr_part(pictures: Path, tmp_path: Path, tiny_config_dir: Path) -> None:
+    from cope.training import fit
+
+    base = tmp_path / "db"
+    rows = [json.loads(line) for line in (pictures / "catalog.jsonl").read_text().splitlines()]
+    for i, r in enumerate(rows):
+        r["product_key"] = f"k{i % 3}"
+    manifest = pictures / "labelled.jsonl"
+    manifest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    options = {"model": f"open_clip:{TINY_MODEL}", "extract": ExtractOptions(ocr=True), "progress": False}
+    embed(manifest, base, **options)
+    ckpt = fit(base, epochs=2, dim=8, batch_products=2, val_fraction=0, test_fraction=0, seed=0).save(
+        tmp_path / "heads")
+    summary = embed(manifest, base, table="items_cope", heads=str(ckpt), **options)
+    assert summary.done == 8 and summary.failed == 0
+    got = ItemStore.open(base, "items_cope").read(["item_id", "ocr_vector", "has_ocr"]).to_pylist()
+    assert all(len(r["ocr_vector"]) == 8 for r in got) and any(r["has_ocr"] for r in got)
