@@ -34,7 +34,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from cope.artifacts import ArtifactKind, install, locate
 from cope.errors import InputNotFoundError, StoreMismatchError, UsageError
 from cope.pipeline import ProjectionRef
 from cope.vectors import l2_normalize, to_fixed_list, to_numpy
@@ -215,55 +215,20 @@ def projection_ref(folder: str | os.PathLike[str]) -> ProjectionRef:
 
 
 # -- where a table finds its projection ------------------------------------------------------------------------------
-def _local(db: str | os.PathLike[str] | None) -> Path | None:
-    if db is None or "://" in str(db):
-        return None
-    return Path(db)
-
-
-def _fingerprint_at(folder: Path) -> str | None:
-    try:
-        return json.loads((folder / CONFIG_FILE).read_text()).get("fingerprint")
-    except (OSError, ValueError, AttributeError):
-        return None
+#: a fitted projection as a folder a table depends on
+PROJECTION = ArtifactKind("projection", PROJECTIONS_DIR, (PARAMS_FILE, CONFIG_FILE),
+                          "written by `cope reproject --pca` (or --save-to)")
 
 
 def install_projection(ref: ProjectionRef, db: str | os.PathLike[str]) -> None:
     """Copy the projection into ``<db>/_cope_projections/<fingerprint>/`` (local databases; idempotent, atomic)."""
-    root = _local(db)
-    if root is None or ref.uri is None:
-        logger.info("projection %s is referenced by %s (not copied into %s)", ref.fingerprint, ref.uri, db)
-        return
-    target = root / PROJECTIONS_DIR / ref.fingerprint
-    if _fingerprint_at(target) == ref.fingerprint:
-        return
-    tmp = target.with_name(f".{ref.fingerprint}.tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    for name in (PARAMS_FILE, CONFIG_FILE):
-        shutil.copyfile(Path(ref.uri) / name, tmp / name)
-    try:
-        tmp.rename(target)  # readers see the whole projection or none
-    except OSError:  # another process installed it first
-        shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("copied projection %s into %s", ref.fingerprint, target)
+    install(PROJECTION, ref.fingerprint, ref.uri, db)
 
 
 def locate_projection(ref: ProjectionRef, db: str | os.PathLike[str] | None) -> Path:
     """The folder holding this projection: the database's copy, else the recorded absolute path, checked against
     the fingerprint (the parameters are verified again when loaded)."""
-    candidates = []
-    root = _local(db)
-    if root is not None:
-        candidates.append(root / PROJECTIONS_DIR / ref.fingerprint)
-    if ref.uri:
-        candidates.append(Path(ref.uri))
-    for folder in candidates:
-        if _fingerprint_at(folder) == ref.fingerprint and (folder / PARAMS_FILE).is_file():
-            return folder
-    raise InputNotFoundError(
-        f"{ref.kind} projection {ref.fingerprint} not found (looked in {', '.join(map(str, candidates)) or 'nowhere'}"
-        f"); copy the projection folder to {candidates[0] if candidates else '<db>/' + PROJECTIONS_DIR}"
-    )
+    return locate(PROJECTION, ref.fingerprint, ref.uri, db)
 
 
 # -- fitting ---------------------------------------------------------------------------------------------------------

@@ -8,12 +8,11 @@ again from any working directory.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
+from cope.artifacts import ArtifactKind, install, locate
 from cope.errors import InputNotFoundError
 from cope.heads.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_heads_config, resolve_checkpoint
 from cope.pipeline import HeadsRef
@@ -35,52 +34,16 @@ def heads_ref(path: str | os.PathLike[str], default_domain: str | None = None) -
                     default_domain=default_domain or config.default_domain, uri=str(folder))
 
 
-def _local(db: str | os.PathLike[str] | None) -> Path | None:
-    if db is None or "://" in str(db):
-        return None
-    return Path(db)
+#: trained heads as a folder a table depends on
+HEADS = ArtifactKind("heads", HEADS_DIR, (WEIGHTS_FILE, CONFIG_FILE), "written by `cope train`")
 
 
 def install_heads(ref: HeadsRef, db: str | os.PathLike[str]) -> None:
     """Copy the checkpoint into ``<db>/_cope_heads/<fingerprint>/`` (local databases; idempotent)."""
-    root = _local(db)
-    if root is None or ref.uri is None:
-        logger.info("heads %s are referenced by %s (not copied into %s)", ref.fingerprint, ref.uri, db)
-        return
-    target = root / HEADS_DIR / ref.fingerprint
-    if _fingerprint_at(target) == ref.fingerprint:
-        return
-    tmp = target.with_name(f".{ref.fingerprint}.tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    for name in (WEIGHTS_FILE, CONFIG_FILE):
-        shutil.copyfile(Path(ref.uri) / name, tmp / name)
-    try:
-        tmp.rename(target)  # atomic: readers see the whole checkpoint or none
-    except OSError:  # another process installed it first
-        shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("copied heads %s into %s", ref.fingerprint, target)
-
-
-def _fingerprint_at(folder: Path) -> str | None:
-    try:
-        return json.loads((folder / CONFIG_FILE).read_text()).get("fingerprint")
-    except (OSError, ValueError):
-        return None
+    install(HEADS, ref.fingerprint, ref.uri, db)
 
 
 def locate_heads(ref: HeadsRef, db: str | os.PathLike[str] | None) -> Path:
     """The folder holding these heads: the database's copy, else the recorded absolute path, checked against the
     fingerprint (the weights are verified again when loaded)."""
-    candidates = []
-    root = _local(db)
-    if root is not None:
-        candidates.append(root / HEADS_DIR / ref.fingerprint)
-    if ref.uri:
-        candidates.append(Path(ref.uri))
-    for folder in candidates:
-        if _fingerprint_at(folder) == ref.fingerprint and (folder / WEIGHTS_FILE).is_file():
-            return folder
-    raise InputNotFoundError(
-        f"heads {ref.fingerprint} not found (looked in {', '.join(map(str, candidates)) or 'nowhere'}); copy the "
-        f"checkpoint folder written by `cope train` to {candidates[0] if candidates else '<db>/' + HEADS_DIR}"
-    )
+    return locate(HEADS, ref.fingerprint, ref.uri, db)
