@@ -52,6 +52,7 @@ import pyarrow as pa
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.magento import write_inputs  # noqa: E402
 from cope.evaluation import retrieval_metrics
 from cope.pipeline import EncoderSpec, PipelineSpec
 from cope.projection import PcaProjection, fit_pca, load_projection, locate_projection
@@ -134,30 +135,6 @@ def table_vectors(db: Path, table: str, columns: list[str]) -> tuple[pa.Table, n
 
 
 # -- 1. Magento --------------------------------------------------------------------------------------------------
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def magento_inputs(data: Path, work: Path) -> tuple[Path, Path]:
-    """Title-only product pages + one image record per photo, and the pairs file (text / main / extra_view)."""
-    products = read_jsonl(data / "products_magento" / "manifest.jsonl")
-    images = read_jsonl(data / "products_magento" / "images.jsonl")
-    work.mkdir(parents=True, exist_ok=True)
-    manifest, pairs = work / "magento.jsonl", work / "magento_pairs.csv"
-    with manifest.open("w") as m, pairs.open("w") as p:
-        p.write("item_id,product_key,domain\n")
-        for prod in products:
-            m.write(json.dumps({"domain": "product", "item_id": prod["id"], "title": prod["title"],
-                                "product_key": prod["id"]}) + "\n")
-            p.write(f"product:{prod['id']},{prod['id']},text\n")
-        for im in images:
-            m.write(json.dumps({"domain": "image", "image_id": im["id"], "uri": str(data / im["path"]),
-                                "product_key": im["product_id"], "role": im["role"]}) + "\n")
-            p.write(f"image:{im['id']},{im['product_id']},{'main' if im['role'] == 'main' else 'extra_view'}\n")
-    return manifest, pairs
-
-
 def magento_roles(t: pa.Table) -> tuple[list[str], np.ndarray]:
     """Product key and role (title / main / extra_view) of each row."""
     keys, roles = [], []
@@ -191,7 +168,7 @@ def summarize(q: dict[str, Any]) -> dict[str, float]:
 def magento(data: Path, work: Path, threads: int, folds: int, heads_dim: int, heads_threads: int) -> dict[str, Any]:
     from cope.job import embed
 
-    manifest, pairs = magento_inputs(data, work)
+    manifest, pairs = write_inputs(data, work, description=False, prefix="magento_")
     db = work / "magento.lancedb"
     t0 = time.perf_counter()
     summary = embed(manifest, db, threads=threads, progress=False)

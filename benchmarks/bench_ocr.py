@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
+from benchmarks.magento import read_jsonl, write_inputs  # noqa: E402
 from cope.content import ExtractOptions  # noqa: E402
 from cope.evaluation import retrieval_metrics  # noqa: E402
 from cope.job import embed  # noqa: E402
@@ -37,10 +38,6 @@ KS = (1, 5, 10)
 EN = ["RIVER", "STONE", "LIGHT", "GARDEN", "WINTER", "SILVER", "OCEAN", "FOREST", "CITY", "NIGHT", "SUMMER",
       "MOUNTAIN", "GOLDEN", "SHADOW", "EMPIRE", "DREAM", "FIRE", "GLASS", "PAPER", "ISLAND"]
 ZH = ["红色", "皮球", "咖啡", "绿茶", "山水", "月光", "花园", "城市", "海洋", "森林", "冬天", "夏天", "黄金", "梦想"]
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def font(size: int) -> Any:
@@ -76,17 +73,6 @@ def make_covers(root: Path, n: int, seed: int = 0) -> Path:
                                                           ensure_ascii=False) + "\n" for r in rows))
     (root / "titles.json").write_text(json.dumps({r["image_id"]: r.get("title") for r in rows}, ensure_ascii=False))
     return root / "covers.jsonl"
-
-
-def magento_manifest(out: Path) -> Path:
-    """Products as text-only pages (title), their images as image items (main and extra views), no captions."""
-    products = read_jsonl(DATA / "products_magento" / "manifest.jsonl")
-    images = read_jsonl(DATA / "products_magento" / "images.jsonl")
-    rows = [{"domain": "product", "item_id": p["id"], "title": p["title"], "product_key": p["id"]} for p in products]
-    rows += [{"domain": "image", "image_id": r["id"], "uri": str(DATA / r["path"]), "product_key": r["product_id"],
-              "role": r["role"]} for r in images]
-    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return out
 
 
 def samples_manifest(out: Path) -> Path:
@@ -126,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     covers = make_covers(work, args.covers)
     titles = json.loads((work / "titles.json").read_text())
     have_data = (DATA / "products_magento").is_dir()
-    magento = magento_manifest(work / "magento.jsonl") if have_data else None
+    magento = write_inputs(DATA, work, description=False, prefix="magento_")[0] if have_data else None
 
     # -- the no-text fast path and a text picture, engine alone
     from PIL import Image

@@ -33,6 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.magento import write_inputs  # noqa: E402
 from cope.evaluation import RetrievalResult
 from cope.store import ItemStore
 from cope.training import (
@@ -48,30 +49,6 @@ from cope.training import (
 DEFAULT_DATA = (REPO / ".." / "shared" / "data").resolve()
 RESULTS = REPO / "benchmarks" / "results"
 logger = logging.getLogger("train_magento")
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def write_inputs(data: Path, work: Path) -> tuple[Path, Path]:
-    """The embed manifest (text-only product pages + one image record per photo) and the pairs file."""
-    products = read_jsonl(data / "products_magento" / "manifest.jsonl")
-    images = read_jsonl(data / "products_magento" / "images.jsonl")
-    work.mkdir(parents=True, exist_ok=True)
-    manifest, pairs = work / "manifest.jsonl", work / "pairs.csv"
-    with manifest.open("w") as m, pairs.open("w") as p:
-        p.write("item_id,product_key,domain\n")
-        for prod in products:
-            m.write(json.dumps({"domain": "product", "item_id": prod["id"], "title": prod["title"],
-                                "description": prod.get("description", ""), "product_key": prod["id"]}) + "\n")
-            p.write(f"product:{prod['id']},{prod['id']},text\n")
-        for im in images:
-            m.write(json.dumps({"domain": "image", "image_id": im["id"], "uri": str(data / im["path"]),
-                                "product_key": im["product_id"], "role": im["role"]}) + "\n")
-            p.write(f"image:{im['id']},{im['product_id']},{'main' if im['role'] == 'main' else 'extra_view'}\n")
-    return manifest, pairs
 
 
 def folds(keys: list[str], k: int, val_fraction: float, seed: int) -> list[ProductSplit]:
