@@ -118,10 +118,6 @@ class EmbedCore:
                                             threads=self.config.threads)
         return self._pipeline
 
-    @property
-    def pipeline_built(self) -> bool:
-        return self._pipeline is not None
-
     def release_pipeline(self) -> None:
         """Drop the models (the Ray driver needs none once the workers have the spec)."""
         self._pipeline = None

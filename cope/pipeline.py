@@ -174,14 +174,6 @@ class PipelineSpec(BaseModel):
             )
         return self.model_copy(update={"heads": heads})
 
-    def check_same(self, other: PipelineSpec, where: str) -> None:
-        """Refuse vectors of another pipeline (tag or dimension) in ``where``."""
-        if other.tag != self.tag or other.dim != self.dim:
-            raise StoreMismatchError(
-                f"{where} holds vectors of {self.tag!r} (dim {self.dim}); refusing to mix in vectors of "
-                f"{other.tag!r} (dim {other.dim}). Use the same model and options, another --table, or another --db."
-            )
-
     # -- schema metadata -----------------------------------------------------------------------------------------
     def to_metadata(self) -> dict[bytes, bytes]:
         """Schema metadata entries of a table holding this pipeline's vectors."""

@@ -29,15 +29,21 @@ s.ItemStore.upsert = upsert
 """
 
 
-@pytest.mark.slow
-def test_sigkill_then_rerun_gives_exact_rows(tiny_config_dir: Path, tmp_path: Path) -> None:
+def _image_catalog(tmp_path: Path, n: int) -> Path:
+    """n small images of different sizes, one image record each."""
     (tmp_path / "img").mkdir()
     rows = []
-    for i in range(N):
+    for i in range(n):
         save_image(tmp_path / "img" / f"{i}.png", size=(40 + i, 40))
         rows.append({"domain": "image", "image_id": f"i{i}", "uri": f"img/{i}.png", "text": f"item {i}"})
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return manifest
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_gives_exact_rows(tiny_config_dir: Path, tmp_path: Path) -> None:
+    manifest = _image_catalog(tmp_path, N)
     (tmp_path / "hook").mkdir()
     (tmp_path / "hook" / "sitecustomize.py").write_text(_SLOW)
     db = tmp_path / "db"
@@ -90,13 +96,7 @@ s.ItemStore.compact = compact
 
 @pytest.mark.slow
 def test_sigkill_during_compaction_keeps_whole_rows(tiny_config_dir: Path, tmp_path: Path) -> None:
-    (tmp_path / "img").mkdir()
-    rows = []
-    for i in range(24):
-        save_image(tmp_path / "img" / f"{i}.png", size=(40 + i, 40))
-        rows.append({"domain": "image", "image_id": f"i{i}", "uri": f"img/{i}.png", "text": f"item {i}"})
-    manifest = tmp_path / "m.jsonl"
-    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    manifest = _image_catalog(tmp_path, 24)
     (tmp_path / "hook").mkdir()
     (tmp_path / "hook" / "sitecustomize.py").write_text(_SLOW_COMPACT)
     db, marker = tmp_path / "db", tmp_path / "compacting"

@@ -33,8 +33,7 @@ def test_spec_round_trips_through_metadata_and_names_what_changes_vectors() -> N
     assert PipelineSpec.from_metadata(with_heads.to_metadata()) == with_heads
     with pytest.raises(HeadsMismatchError):
         more.with_heads(heads)
-    with pytest.raises(StoreMismatchError):
-        spec.check_same(more, "table 'items'")
+    assert more.tag != spec.tag  # what makes a table refuse the other's vectors (ItemStore.check_model)
     assert PipelineSpec.from_metadata({}) is None
 
 
