@@ -68,9 +68,7 @@ def resolve_db(db: str | os.PathLike[str]) -> str:
 
 def _stored_spec(db: str, table: str) -> PipelineSpec | None:
     """The pipeline spec a table records (None: no such database, table or spec); creates nothing."""
-    if "://" not in db and not Path(db).is_dir():
-        return None
-    store = ItemStore.open(db, table)
+    store = ItemStore.open(db, table)  # opening creates no folder
     return PipelineSpec.from_metadata(store.metadata) if store.exists else None
 
 
