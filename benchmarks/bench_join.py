@@ -6,10 +6,13 @@ process, imports included), so the numbers of one phase do not leak into the nex
     .venv/bin/python benchmarks/bench_join.py --dir /tmp/bench_join            # everything (~5 min)
     .venv/bin/python benchmarks/bench_join.py --dir /tmp/bench_join --phases join,sequences
 
+    .venv/bin/python benchmarks/bench_join.py --dir /tmp/bench_join --compare 3   # the memory goal (~6 min)
+
 Phases: ``generate`` (store + log + link table, not part of the goal), ``join`` (cope join: validation, mapping,
 live slices, product keys, events.parquet, per-user sequences, rejects, report; the goal is <= 30 s and <= 4 GiB on
 2 cores), ``profiles`` (user profile vectors from the joined events), ``content`` (exact nearest-product links for
-a sample of items, extrapolated), ``pandas`` (the naive merge + sequences on a slice of the log, extrapolated) and
+a sample of items, extrapolated), ``hand`` (the same join as a careful hand-written DuckDB query: the baseline of
+the memory goal, <= 1.5 GiB peak at <= 1.2x the former time), ``pandas`` (the naive merge + sequences on a slice of the log, extrapolated) and
 ``downstream`` (next-product hit-rate@10, cross-domain vs product-only history, on a smaller generated log).
 """
 
@@ -29,7 +32,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PHASES = ("generate", "join", "profiles", "content", "pandas", "downstream")
+COUNTS = ("rows", "matched", "keyed", "users", "sequence_events", "events_checksum", "sequences_checksum")
+PHASES = ("generate", "join", "hand", "profiles", "content", "pandas", "downstream")
 
 
 def _rss_mib() -> float:
@@ -68,8 +72,124 @@ def phase_join(a: argparse.Namespace) -> dict:
     d = Path(a.dir)
     r = join_behaviour(d / "events.parquet", d / "db", d / "joined", links=[str(d / "links.parquet")],
                        memory_limit=a.memory_limit, threads=a.threads, last_n=50)
-    return {"seconds": r.report.seconds, "cpu_seconds": r.report.cpu_seconds, "events": r.report.events.valid, "users": r.report.users.users,
+    return {"counts": cope_counts(a), "seconds": r.report.seconds, "cpu_seconds": r.report.cpu_seconds, "events": r.report.events.valid, "users": r.report.users.users,
             "multi_domain_share": round(r.report.users.multi_domain_share, 3)}
+
+
+def phase_hand(a: argparse.Namespace) -> dict:
+    """The baseline of the join goal: a careful hand-written DuckDB query with the same outputs as ``cope join``
+    (events.parquet: one row per event, or per slice for a live watch spanning several, with item id and product key,
+    sorted by user and time; sequences.parquet: each user's last 50 matched events). DuckDB gets
+    ``--hand-memory-limit`` (2GB, as when the goal was set), 2 threads; validation is reduced to dropping rows with
+    a missing field (the log has none)."""
+    import shutil
+
+    import duckdb
+
+    from cope.join.join import open_store
+
+    d = Path(a.dir)
+    out = d / "hand"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{a.hand_memory_limit}'; SET threads = {a.threads}; "
+                f"SET temp_directory = '{out / 'spill'}'; SET TimeZone = 'UTC'; SET preserve_insertion_order = false")
+    items = open_store(d / "db", "items").read(["item_id", "domain", "source_id", "slice_start", "slice_end"])
+    con.register("items_arrow", items)
+    con.execute("CREATE TEMP TABLE items AS SELECT * FROM items_arrow")
+    con.unregister("items_arrow")
+    del items
+    con.execute(f"CREATE TEMP TABLE links AS SELECT * FROM read_parquet('{d / 'links.parquet'}')")
+    con.execute("""
+        CREATE TEMP TABLE keys AS
+        SELECT item_id, source_id AS product_key FROM items WHERE domain = 'product'
+        UNION ALL
+        SELECT i.item_id, min(l.product_id) FROM items i JOIN links l ON l.domain = i.domain AND l.id = i.source_id
+        WHERE i.domain IN ('video', 'image') GROUP BY i.item_id
+        UNION ALL
+        SELECT item_id, product_id FROM (
+            SELECT i.item_id, l.product_id FROM items i JOIN links l ON l.domain = 'live' AND l.id = i.source_id
+            WHERE i.domain = 'live' AND (l.start IS NULL OR l.start < i.slice_end) AND (l."end" IS NULL OR l."end" >
+                  i.slice_start)
+            QUALIFY row_number() OVER (PARTITION BY i.item_id ORDER BY (l.start IS NULL AND l."end" IS NULL),
+                least(i.slice_end, coalesce(l."end", 'infinity'::DOUBLE))
+                - greatest(i.slice_start, coalesce(l.start, '-infinity'::DOUBLE)) DESC, l.product_id) = 1)""")
+    con.execute(f"""
+        CREATE TEMP TABLE ev AS
+        SELECT row_number() OVER () AS line, user_id, ts, domain, id, "offset", start, "end", action,
+               coalesce(weight, 1.0) AS weight,
+               start IS NOT NULL AND "end" IS NOT NULL AND "end" > start AS is_interval
+        FROM read_parquet('{d / 'events.parquet'}')
+        WHERE user_id IS NOT NULL AND ts IS NOT NULL AND id IS NOT NULL
+          AND domain IN ('product', 'video', 'image', 'live')""")
+    con.execute(f"""
+        COPY (
+          WITH nl AS (
+            SELECT e.line, 0 AS part, e.user_id, e.ts, e.domain, e.id, e.action, e.weight, 1.0 AS slice_share,
+                   i.item_id
+            FROM ev e LEFT JOIN items i ON i.domain = e.domain AND i.source_id = e.id WHERE e.domain <> 'live'),
+          lv AS (
+            SELECT e.*, CASE WHEN is_interval THEN start ELSE coalesce("offset", start) END AS lo,
+                   CASE WHEN is_interval THEN "end" END AS hi FROM ev e WHERE e.domain = 'live'),
+          lm AS (
+            SELECT lv.line, coalesce(row_number() OVER (PARTITION BY lv.line ORDER BY i.slice_start) - 1, 0) AS part,
+                   lv.user_id, lv.ts, lv.domain, lv.id, lv.action, lv.weight,
+                   CASE WHEN lv.is_interval AND i.item_id IS NOT NULL
+                        THEN (least(lv.hi, i.slice_end) - greatest(lv.lo, i.slice_start)) / (lv.hi - lv.lo)
+                        ELSE 1.0 END AS slice_share, i.item_id
+            FROM lv LEFT JOIN items i ON i.domain = 'live' AND i.source_id = lv.id
+              AND CASE WHEN lv.is_interval THEN i.slice_start < lv.hi AND i.slice_end > lv.lo
+                       ELSE i.slice_start <= lv.lo AND lv.lo < i.slice_end END),
+          allrows AS (SELECT * FROM nl UNION ALL SELECT * FROM lm)
+          SELECT a.line, a.part, a.user_id, a.ts, a.domain, a.id, a.action, a.weight, a.slice_share, a.item_id,
+                 CASE WHEN a.domain = 'product' THEN a.id ELSE k.product_key END AS product_key
+          FROM allrows a LEFT JOIN keys k USING (item_id)
+          ORDER BY a.user_id, a.ts, a.line, a.part
+        ) TO '{out / 'events.parquet'}' (FORMAT parquet, COMPRESSION zstd)""")
+    con.execute(f"""
+        COPY (
+          WITH g AS (
+            SELECT user_id, count(*) AS n_events, count(DISTINCT domain)::TINYINT AS n_domains,
+                   list_sort(list((ts, line, part, item_id, domain, product_key, action, weight)))[-50:] AS s
+            FROM read_parquet('{out / 'events.parquet'}') WHERE item_id IS NOT NULL GROUP BY user_id)
+          SELECT user_id, n_events, n_domains, len(s)::INTEGER AS length,
+                 list_transform(s, lambda x: x[4]) AS item_ids, list_transform(s, lambda x: x[5]) AS domains,
+                 list_transform(s, lambda x: x[1]) AS timestamps, list_transform(s, lambda x: x[6]) AS product_keys,
+                 list_transform(s, lambda x: x[7]) AS actions, list_transform(s, lambda x: x[8]) AS weights
+          FROM g ORDER BY user_id
+        ) TO '{out / 'sequences.parquet'}' (FORMAT parquet, COMPRESSION zstd)""")
+    counts = con.execute(f"""
+        SELECT (SELECT count(*) FROM read_parquet('{out / 'events.parquet'}')),
+               (SELECT count(item_id) FROM read_parquet('{out / 'events.parquet'}')),
+               (SELECT count(product_key) FROM read_parquet('{out / 'events.parquet'}')),
+               (SELECT count(*) FROM read_parquet('{out / 'sequences.parquet'}')),
+               (SELECT sum(length) FROM read_parquet('{out / 'sequences.parquet'}')),
+               (SELECT bit_xor(hash(user_id, epoch_us(ts), item_id, product_key))
+                FROM read_parquet('{out / 'events.parquet'}')),
+               (SELECT bit_xor(hash(user_id, item_ids, product_keys))
+                FROM read_parquet('{out / 'sequences.parquet'}'))""").fetchall()[0]
+    return dict(zip(COUNTS, (int(x) for x in counts)))
+
+
+def cope_counts(a: argparse.Namespace) -> dict:
+    """The same counts as :func:`phase_hand` on cope's outputs (to check the outputs agree)."""
+    import duckdb
+
+    j = Path(a.dir) / "joined"
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    counts = con.sql(f"""
+        SELECT (SELECT count(*) FROM read_parquet('{j / 'events.parquet'}')),
+               (SELECT count(item_id) FROM read_parquet('{j / 'events.parquet'}')),
+               (SELECT count(product_key) FROM read_parquet('{j / 'events.parquet'}')),
+               (SELECT count(*) FROM read_parquet('{j / 'sequences.parquet'}')),
+               (SELECT sum(length) FROM read_parquet('{j / 'sequences.parquet'}')),
+               (SELECT bit_xor(hash(user_id, epoch_us(ts), item_id, product_key))
+                FROM read_parquet('{j / 'events.parquet'}')),
+               (SELECT bit_xor(hash(user_id, item_ids, product_keys))
+                FROM read_parquet('{j / 'sequences.parquet'}'))""").fetchall()[0]
+    return dict(zip(COUNTS, (int(x) for x in counts)))
 
 
 def phase_profiles(a: argparse.Namespace) -> dict:
@@ -191,7 +311,13 @@ def main() -> None:
     p.add_argument("--products", type=int, default=150_000, help="items = products x 6 + lives x 100")
     p.add_argument("--lives", type=int, default=1000)
     p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--memory-limit", default="2GB")
+    p.add_argument("--memory-limit", default="1.5GiB", help="cope join's process budget (its default)")
+    p.add_argument("--old-memory-limit", default="2.7GiB",
+                   help="the budget that gives DuckDB the former fixed 2 GB (--compare's 'join@2GB' contender)")
+    p.add_argument("--hand-memory-limit", default="2GB", help="DuckDB memory limit of the hand-written baseline")
+    p.add_argument("--compare", type=int, default=0, metavar="ROUNDS",
+                   help="instead of --phases: run cope join (default budget), cope join with DuckDB at 2 GB and "
+                        "the hand-written DuckDB query alternately for ROUNDS rounds; print min/median and ratios")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--content-sample", type=int, default=20_000)
     p.add_argument("--pandas-events", type=int, default=1_000_000)
@@ -211,17 +337,58 @@ def main() -> None:
             skip = True
             continue
         passthrough.append(x)
+    if a.compare:
+        compare(a, passthrough)
+        return
     for phase in a.phases.split(","):
-        proc = subprocess.run([sys.executable, __file__, "--phase", phase, *passthrough], capture_output=True,
-                              text=True, check=False)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            print(f"{phase}: failed (exit {proc.returncode})\n{proc.stderr[-3000:]}", file=sys.stderr)
-            sys.exit(1)
-        res = json.loads(lines[-1][len("RESULT "):])
+        res = run_subprocess(phase, passthrough)
         results.append(res)
         print(json.dumps(res), flush=True)
     (Path(a.dir) / "results.json").write_text(json.dumps(results, indent=2))
+
+
+def run_subprocess(phase: str, args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--phase", phase, *args], capture_output=True, text=True,
+                          check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        print(f"{phase}: failed (exit {proc.returncode})\n{proc.stderr[-3000:]}", file=sys.stderr)
+        sys.exit(1)
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def compare(a: argparse.Namespace, passthrough: list[str]) -> None:
+    """Issue 15 part 4: cope join at its default budget (goal <= 1.5 GiB peak RSS) against the same join with
+    DuckDB at the former 2 GB and the hand-written query, alternated (A B C A B C ...)."""
+    import statistics
+
+    args = [x for x in passthrough if not x.startswith("--compare")]
+    contenders = {"join": ("join", args),
+                  "join@2GB": ("join", [*args, "--memory-limit", a.old_memory_limit]),
+                  "hand": ("hand", args)}
+    runs: dict[str, list[dict]] = {k: [] for k in contenders}
+    for r in range(a.compare):
+        for name, (phase, extra) in contenders.items():
+            res = run_subprocess(phase, extra)
+            runs[name].append(res)
+            print(json.dumps({"round": r, "contender": name, **res}), flush=True)
+    counts = {name: rs[-1].get("counts") or {k: rs[-1][k] for k in COUNTS} for name, rs in runs.items()}
+    summary = {}
+    for name, rs in runs.items():
+        w = [x["wall_s"] for x in rs]
+        summary[name] = {"wall_min": min(w), "wall_median": statistics.median(w),
+                         "cpu_median": statistics.median(x["cpu_s"] for x in rs),
+                         "peak_rss_mib_max": max(x["peak_rss_mib"] for x in rs)}
+    for name in ("join", "join@2GB"):
+        for base in ("join@2GB", "hand"):
+            if name != base:
+                summary[f"{name} / {base}"] = {
+                    "wall_min": round(summary[name]["wall_min"] / summary[base]["wall_min"], 3),
+                    "wall_median": round(summary[name]["wall_median"] / summary[base]["wall_median"], 3)}
+    summary["same_outputs"] = counts["join"] == counts["hand"] == counts["join@2GB"]
+    summary["counts"] = counts
+    print(json.dumps(summary, indent=2))
+    (Path(a.dir) / "compare.json").write_text(json.dumps({"runs": runs, "summary": summary}, indent=2))
 
 
 if __name__ == "__main__":

@@ -414,3 +414,23 @@ def test_docstring_examples_run():
 
     for module in (cope.join.join, cope.join.config):
         assert doctest.testmod(module).failed == 0
+
+
+def test_memory_limit_is_a_process_budget_and_duckdb_gets_the_rest(tmp_path):
+    from cope.join.sql import MIN_DUCKDB_MEMORY, STREAM_RESERVE, connect, parse_size, process_rss
+
+    assert parse_size("1.5GiB") == 3 << 29 and parse_size("2GB") == 2_000_000_000 and parse_size("512") == 512
+    for bad in ("lots", "1.5 parsecs", "-1GB", ""):
+        with pytest.raises(ValueError, match="not a memory size"):
+            parse_size(bad)
+    with pytest.raises(ValueError, match="too small"):
+        JoinConfig(memory_limit="500MB")
+    assert JoinConfig().memory_limit == "1.5GiB"
+    before = process_rss()
+    con = connect("4GiB", 1, tmp_path / "spill")
+    share = parse_size(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0].replace(" ", ""))
+    expected = (4 << 30) - before - STREAM_RESERVE
+    assert abs(share - expected) < 128 << 20  # DuckDB shows it rounded to 0.1 GiB; the RSS moved a little
+    small = connect("896MiB", 1, tmp_path / "spill2")  # less than the process holds + the reserve: the floor
+    floor = parse_size(small.execute("SELECT current_setting('memory_limit')").fetchall()[0][0].replace(" ", ""))
+    assert abs(floor - MIN_DUCKDB_MEMORY) < 1 << 20

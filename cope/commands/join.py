@@ -48,7 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ts-unit", default="auto", choices=["auto", "s", "ms", "us", "ns"],
                    help="unit of numeric timestamps (default: guessed from the magnitude)")
     p.add_argument("--delimiter", default=",", help="CSV delimiter (.tsv files use a tab)")
-    p.add_argument("--memory-limit", default="2GB", help="DuckDB memory limit; it spills to disk beyond it")
+    p.add_argument("--memory-limit", default=None,
+                   help="peak memory of the join process, e.g. 1.5GiB (the default) or 4GB; DuckDB spills to disk "
+                        "beyond its share")
     p.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all cores)")
     p.add_argument("--temp-dir", default=None, help="spill/staging folder (default OUT/.tmp)")
     p.add_argument("--top-unmatched", type=int, default=10, help="unmatched ids listed per domain")
@@ -66,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
         table=args.table, links=args.links, content_links=not args.no_content_links, threshold=args.threshold,
         vector_column=args.vector_column, last_n=args.last_n, profiles=args.profiles,
         half_life_hours=args.half_life_hours, columns=_pairs(args.column, "--column"), domain_aliases=aliases,
-        ts_unit=args.ts_unit, csv_delimiter=args.delimiter, memory_limit=args.memory_limit, threads=args.threads,
-        temp_dir=args.temp_dir, top_unmatched=args.top_unmatched)
+        ts_unit=args.ts_unit, csv_delimiter=args.delimiter, threads=args.threads, temp_dir=args.temp_dir,
+        top_unmatched=args.top_unmatched, **({"memory_limit": args.memory_limit} if args.memory_limit else {}))
     result = join_behaviour(args.events, args.db, args.out, config=config)
     print(result.report.summary())
     print(f"wrote {', '.join(sorted(p.name for p in result.paths.values()))} to {args.out}")
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
         print(next_product_hit_rate(result.paths["events"], args.db, k=args.hit_rate, table=args.table,
                                     half_life_hours=args.half_life_hours, vector_column=args.vector_column,
-                                    memory_limit=args.memory_limit, threads=args.threads))
+                                    memory_limit=config.memory_limit, threads=args.threads))
     rejected = result.report.events.rejected
     if rejected:
         print(f"{rejected} rows rejected; all of them with file and line: {result.paths['rejects']}", file=sys.stderr)

@@ -52,7 +52,10 @@ class JoinConfig(BaseModel):
     ts_unit: Literal["auto", "s", "ms", "us", "ns"] = Field(
         default="auto", description="unit of numeric timestamps; auto guesses from the magnitude")
     csv_delimiter: str = ","
-    memory_limit: str = Field(default="2GB", description="DuckDB memory limit; it spills to disk beyond it")
+    memory_limit: str = Field(default="1.5GiB",
+                              description="peak memory of the join process (e.g. 1.5GiB, 4GB); DuckDB gets what is "
+                                          "left after the process's own memory and a 640 MiB reserve, and spills "
+                                          "to disk beyond it")
     threads: int | None = Field(default=None, ge=1, description="DuckDB threads (default: all cores)")
     temp_dir: str | None = Field(default=None, description="where a private spill/staging folder is made "
                                                            "(default: OUT); it is removed at the end")
@@ -67,6 +70,16 @@ class JoinConfig(BaseModel):
             return [os.fspath(v)]
         if isinstance(v, (list, tuple)):
             return [os.fspath(x) if isinstance(x, os.PathLike) else x for x in v]
+        return v
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        from cope.join.sql import MIN_DUCKDB_MEMORY, STREAM_RESERVE, parse_size
+
+        if parse_size(v) < MIN_DUCKDB_MEMORY + STREAM_RESERVE:
+            raise ValueError(f"memory_limit {v} is too small: the join needs at least "
+                             f"{(MIN_DUCKDB_MEMORY + STREAM_RESERVE) >> 20} MiB")
         return v
 
     @field_validator("temp_dir", mode="before")

@@ -46,7 +46,7 @@ class HitRate:
 
 def next_product_hit_rate(events: str | Path, db: str | Path, *, k: int = 10, table: str = "items",
                           half_life_hours: float = 72.0, vector_column: str = "vector",
-                          memory_limit: str = "1GB", threads: int | None = None,
+                          memory_limit: str = "1.5GiB", threads: int | None = None,
                           temp_dir: str | Path | None = None) -> HitRate:
     """Hit-rate@k of next-product prediction on a joined ``events.parquet`` (see the module doc).
 
