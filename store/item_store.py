@@ -19,12 +19,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import lancedb
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from cope.errors import InputNotFoundError, StoreMismatchError
 from cope.sql import sql_in, sql_str
+from cope.store.lancedb_import import lancedb
 from cope.store.lease import TableLease
 from cope.store.schema import ERROR_SCHEMA, META_DIM, META_MODEL_TAG, item_schema
 

@@ -362,8 +362,9 @@ class LanceLease(TableLease):
     # -- the lease table ------------------------------------------------------------------------------------------
     def _table(self, create: bool = True) -> Any:
         if self._tbl is None:
-            import lancedb
             import pyarrow as pa
+
+            from cope.store.lancedb_import import lancedb
 
             if not create:
                 try:

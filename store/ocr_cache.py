@@ -17,10 +17,10 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 
-import lancedb
 import pyarrow as pa
 
 from cope.sql import sql_in
+from cope.store.lancedb_import import lancedb
 
 CACHE_TABLE = "_cope_ocr_cache"
 CACHE_SCHEMA = pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("lines", pa.string(), nullable=False)])
