@@ -52,6 +52,9 @@ class ExtractOptions(BaseModel):
     ocr_images: int = Field(default=3, ge=1, le=32, description="pictures read per item (spread over a video's "
                             "frames, a slice's snapshots or a product's images)")
     ocr_min_score: float = Field(default=0.5, ge=0, le=1, description="lines read with a lower score are dropped")
+    ocr_body_text: bool = Field(default=False, description="also keep paragraphs of body text (3+ lines of 20+ "
+                                "letters or digits in one picture: spec sheets, blurbs, scanned pages); by default "
+                                "only headline-like lines (titles, names, prices, captions) are kept")
 
     def check_frames(self, where: str, n: int, what: str, hint: str = "") -> None:
         """Refuse a record that would decode ``n`` pictures, more than ``max_frames_per_record``."""

@@ -126,7 +126,7 @@ class PipelineSpec(BaseModel):
         if self.extract.ocr:  # what is read in pictures, and how much of it goes into the unified vector
             e = self.extract
             tag += (f";ocr=w{self.fusion.ocr_weight:g},s{e.ocr_max_side},n{e.ocr_images},"
-                    f"m{e.ocr_min_score:g}")
+                    f"m{e.ocr_min_score:g},b{int(e.ocr_body_text)}")
         return tag
 
     @property

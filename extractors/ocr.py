@@ -33,6 +33,10 @@ OCR_VERSION = "rapidocr-ppocrv4-2"
 
 #: lines with fewer letters or digits than this are dropped ("O" on a cup, "®" on a clock face)
 MIN_LINE_CHARS = 2
+#: body text: a picture with at least BODY_MIN_LINES lines of at least BODY_LINE_CHARS letters or digits holds
+#: paragraphs (a spec sheet, a blurb, a scanned page); those long lines are left out unless ``ocr_body_text``
+BODY_LINE_CHARS = 20
+BODY_MIN_LINES = 3
 
 _LOCAL = threading.local()
 _ENGINE_LOCK = threading.Lock()
@@ -109,10 +113,33 @@ def read_picture(image: Image.Image, options: ExtractOptions) -> list[tuple[str,
     lines = []
     for box, text, score in found or []:
         text = " ".join(str(text).split())
-        if sum(ch.isalnum() for ch in text) >= MIN_LINE_CHARS:  # a lone glyph on a photo is noise, not text
+        if _alnum(text) >= MIN_LINE_CHARS:  # a lone glyph on a photo is noise, not text
             lines.append((min(p[1] for p in box), min(p[0] for p in box), text, float(score)))
     lines.sort(key=lambda x: (round(x[0] / 8), x[1]))  # rows (8 px tolerance), then left to right
     return [(text, score) for _, _, text, score in lines]
+
+
+def _alnum(text: str) -> int:
+    return sum(ch.isalnum() for ch in text)
+
+
+def without_body_text(lines: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
+    """The lines of one picture less its paragraphs: when :data:`BODY_MIN_LINES` or more lines have
+    :data:`BODY_LINE_CHARS` or more letters or digits, those long lines are body text and are dropped; titles,
+    names, prices and captions (short lines) stay. Body text drowns a picture's vector in words that queries rarely
+    aim at (a scanned page about coins became the best match for a photo of coins).
+
+    >>> page = [("Region-based segmentation", 0.9), ("Let us first determine markers of the coins", 0.9),
+    ...         ("background. These markers are pixels that we", 0.9), ("Fig. 3", 0.9)]
+    >>> without_body_text(page)
+    [('Fig. 3', 0.9)]
+    >>> without_body_text([("THE GREAT GATSBY", 0.9), ("F. Scott Fitzgerald", 0.9)])  # a cover: kept whole
+    [('THE GREAT GATSBY', 0.9), ('F. Scott Fitzgerald', 0.9)]
+    """
+    long = [_alnum(text) >= BODY_LINE_CHARS for text, _ in lines]
+    if sum(long) < BODY_MIN_LINES:
+        return list(lines)
+    return [line for line, is_long in zip(lines, long) if not is_long]
 
 
 def pick(images: Sequence[Any], count: int) -> list[Any]:
@@ -160,6 +187,8 @@ def read_lines(images: Sequence[Image.Image], options: ExtractOptions, cache: Oc
             stats["cached"] = stats.get("cached", 0) + len(chosen) - len(fresh)
     if cache is not None and fresh:
         cache.put_many(fresh)
+    if not options.ocr_body_text:  # after the cache: it keeps every line read, so this choice re-reads nothing
+        per_picture = [without_body_text(lines) for lines in per_picture]
     return merge(per_picture)
 
 

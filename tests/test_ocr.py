@@ -203,3 +203,34 @@ def test_heads_table_with_ocr_projects_the_ocr_part(pictures: Path, tmp_path: Pa
     assert summary.done == 8 and summary.failed == 0
     got = ItemStore.open(base, "items_cope").read(["item_id", "ocr_vector", "has_ocr"]).to_pylist()
     assert all(len(r["ocr_vector"]) == 8 for r in got) and any(r["has_ocr"] for r in got)
+
+
+def test_paragraphs_of_body_text_are_left_out_unless_asked_for(tmp_path: Path) -> None:
+    """A spec sheet: a short title, then a paragraph. By default only the title is kept; ``ocr_body_text`` keeps
+    the paragraph too, from the cache (the choice is applied after it, so nothing is read again)."""
+    from PIL import Image, ImageDraw
+
+    from cope.extractors.ocr import read_lines
+
+    im = Image.new("RGB", (640, 420), (250, 250, 250))
+    d = ImageDraw.Draw(im)
+    d.text((30, 20), "LINEN SHIRT", font=_font(48), fill=(10, 10, 10))
+    body = ["Made from pure washed linen fabric", "Breathable and soft for warm summer days",
+            "Machine wash cold and hang to dry", "Relaxed fit with two chest pockets"]
+    for i, line in enumerate(body):
+        d.text((30, 120 + 50 * i), line, font=_font(26), fill=(30, 30, 30))
+
+    class DictCache(dict):
+        def get_many(self, keys):
+            return {k: self[k] for k in keys if k in self}
+
+        def put_many(self, results):
+            self.update(results)
+
+    cache, stats = DictCache(), {}
+    headline = read_lines([im], ExtractOptions(ocr=True), cache, stats)
+    assert headline.text.replace(" ", "") == "LINENSHIRT" and stats["read"] == 1  # the engine may drop the space
+    everything = read_lines([im], ExtractOptions(ocr=True, ocr_body_text=True), cache, stats)
+    assert stats["read"] == 1 and stats["cached"] == 1  # the same picture: not read again
+    lines = everything.text.splitlines()
+    assert lines[0] == headline.text and len(lines) == 5 and "linen" in lines[1].lower()

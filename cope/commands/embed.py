@@ -46,6 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_field(ocr, FusionConfig, "ocr_weight", help="weight of the OCR part in the unified vector")
     add_field(ocr, ExtractOptions, "ocr_max_side")
     add_field(ocr, ExtractOptions, "ocr_images")
+    add_field(ocr, ExtractOptions, "ocr_body_text")
     add_field(p, EmbedConfig, "default_domain", "--domain", choices=DOMAINS)
     cols = p.add_argument_group("manifest columns and media paths (docs/ingest.md)")
     add_field(cols, EmbedConfig, "columns", "--column", action="append", default=[], metavar="FIELD=NAME",
@@ -80,7 +81,8 @@ def config_from_args(args: argparse.Namespace) -> EmbedConfig:
         fusion=FusionConfig(image_weight=args.image_weight, text_weight=args.text_weight, ocr_weight=args.ocr_weight),
         extract=ExtractOptions(frames_per_video=args.frames_per_video, frames_per_slice=args.frames_per_slice,
                                max_images_per_product=args.max_images_per_product, video_decoder=args.video_decoder,
-                               ocr=args.ocr, ocr_max_side=args.ocr_max_side, ocr_images=args.ocr_images),
+                               ocr=args.ocr, ocr_max_side=args.ocr_max_side, ocr_images=args.ocr_images,
+                               ocr_body_text=args.ocr_body_text),
         default_domain=args.default_domain, progress=False if args.quiet else None, compact=not args.no_compact,
         heads=args.heads, columns=parse_columns(args.columns or []), media_root=args.media_root,
         remote=RemoteOptions(timeout_s=args.remote_timeout_s, total_timeout_s=args.remote_total_timeout_s,
