@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
+from cope.errors import UsageError
 from cope.store import ItemStore
 from cope.vectors import to_numpy
 
@@ -214,7 +215,7 @@ def load_item_vectors(
         parts["ht"].append(batch.column("has_text").to_numpy(zero_copy_only=False)[idx])
     if not parts["ids"]:
         where = f"labels of {labels.source}" if labels is not None else f"metadata.{metadata_key}"
-        raise ValueError(
+        raise UsageError(
             f"none of the {n_rows} rows of table {store.name!r} in {store.uri} has a product key ({where}). "
             "Pass --pairs FILE with item_id,product_key rows (item ids as stored, e.g. 'video:v1') or item_a,item_b pairs."
         )
@@ -271,10 +272,23 @@ def split_products(
 
     n_test, n_val = size(test_fraction), size(val_fraction)
     if n_test + n_val > len(order) - 2:
-        raise ValueError(
-            f"only {len(order)} products appear in two or more domains: too few for a test split of {n_test} and a "
-            f"validation split of {n_val}. Lower --test-fraction/--val-fraction or label more items."
-        )
+        raise UsageError(_too_few_products(len(order), n_test, n_val, test_fraction, val_fraction))
     test, val = frozenset(order[:n_test]), frozenset(order[n_test : n_test + n_val])
     train = frozenset(k for k in unique if k not in test and k not in val)
     return ProductSplit(train, val, test)
+
+
+def _too_few_products(have: int, n_test: int, n_val: int, test_fraction: float, val_fraction: float) -> str:
+    """What :func:`split_products` needs, and the options that would make do with ``have`` products."""
+    need = n_test + n_val + 2
+    if n_val and n_test + 2 <= have:
+        fix = ", or pass --val-fraction 0 (no early stopping: every epoch is trained)"
+    elif have >= 2:
+        fix = (", or pass --val-fraction 0 --test-fraction 0 (no early stopping and no held-out report: the heads "
+               "are trained on all of them, unchecked)")
+    else:
+        fix = ""
+    return (f"too few products: cope train needs at least {need} with items in two or more domains here (a test "
+            f"split of {n_test} for --test-fraction {test_fraction:g}, a validation split of {n_val} for "
+            f"--val-fraction {val_fraction:g}, and 2 to train on); the labels give {have}. Label more items "
+            f"(metadata.product_key or --pairs FILE with item_id,product_key rows){fix}")

@@ -250,13 +250,15 @@ def _train(data: ItemVectors, config: TrainConfig, split: ProductSplit | None, l
         )
     domains = ordered_domains(data.domains)
     if len(domains) < 2:
-        raise ValueError(f"training needs items of at least two domains; the labelled items are all {domains}")
+        raise UsageError(f"training needs labelled items of at least two domains; the labelled items are all "
+                         f"{domains}: label items of another domain with the same product keys, or pass --pairs "
+                         "FILE with a domain column that splits them (e.g. main image vs extra views)")
     per_product: dict[str, set[str]] = {}
     for k, d in zip(data.keys, data.domains):
         per_product.setdefault(k, set()).add(d)
     multi = {k: len(v) >= 2 for k, v in per_product.items()}
     if sum(multi.values()) < 2:
-        raise ValueError("fewer than two products have items in two or more domains: nothing to learn from. "
+        raise UsageError("fewer than two products have items in two or more domains: nothing to learn from. "
                          "Check the product keys (metadata.product_key or --pairs).")
     if split is None:
         split = split_products(per_product, val_fraction=config.val_fraction, test_fraction=config.test_fraction,

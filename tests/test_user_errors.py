@@ -1,0 +1,41 @@
+"""User mistakes give one line that says what to do (exit 2), never a traceback or a raw LanceDB/DuckDB error.
+
+Each test reproduces one mistake through the CLI (or the API) on small generated data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cope.cli import main
+from cope.training.synthetic import make_synthetic_store
+
+
+def _fails(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    """Run ``cope ARGV``; it must exit 2 with one line ``cope <command>: error: ...``. Returns that line."""
+    capsys.readouterr()
+    code = main(["-q", *argv])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith(f"cope {argv[0]}: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# -- 1. cope train on too few labelled products ---------------------------------------------------------------------
+def test_train_on_too_few_products_says_how_many_and_what_to_pass(tmp_path: Path, capsys) -> None:
+    db = tmp_path / "db"
+    make_synthetic_store(db, n_products=5, missing=0.0, seed=1)
+    train = ["train", "--db", str(db), "--out", str(tmp_path / "heads"), "--dim", "16", "--epochs", "2",
+             "--threads", "1"]
+    line = _fails(capsys, train)
+    assert "needs at least 6 with items in two or more domains" in line and "the labels give 5" in line, line
+    assert "--pairs" in line and "--val-fraction 0" in line, line
+    assert main(["-q", *train, "--val-fraction", "0"]) == 0  # the advice works
+
+    make_synthetic_store(db, table="one_domain", n_products=6, domains=("product",), seed=1)
+    line = _fails(capsys, [*train[:3], "--table", "one_domain", *train[3:]])
+    assert "at least two domains" in line and "['product']" in line and "--pairs" in line, line
