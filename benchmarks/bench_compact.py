@@ -84,9 +84,11 @@ class Option:
 FULL = Option("full")
 OPTIONS = [FULL, Option("full f16", float16=True), Option("pca512", 512), Option("pca256", 256),
            Option("pca256 f16", 256, True), Option("pca128 f16", 128, True), Option("pca64 f16", 64, True),
+           Option("pca384 f16 unified-only", 384, True, True), Option("pca320 f16 unified-only", 320, True, True),
            Option("pca256 f16 unified-only", 256, True, True), Option("pca128 f16 unified-only", 128, True, True),
            Option("pca256 f16 centred", 256, True, center=True)]
-SYNTH_OPTIONS = [o for o in OPTIONS if o.name not in ("pca512", "pca64 f16", "pca256 f16 centred")]
+SYNTH_OPTIONS = [o for o in OPTIONS
+                 if o.name not in ("pca512", "pca64 f16", "pca256 f16 centred", "pca384 f16 unified-only")]
 BIG_OPTIONS = [o for o in OPTIONS if o.name in ("pca256 f16", "pca128 f16", "pca256 f16 unified-only")]
 
 

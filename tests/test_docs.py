@@ -106,8 +106,9 @@ RUN_DOCS = sorted({s.doc for s in SNIPPETS if s.marker is None and s.lang not in
 
 # -- what runs instead of what a snippet says ---------------------------------------------------------------------
 def _pca_fingerprint(work: Path) -> str:
-    (folder,) = (work / "shop.lancedb" / "_cope_projections").iterdir()  # the one PCA the block's commands fitted
-    return folder.name
+    # the block's first command fitted the PCA of items_pca; later ones fit others
+    folders = sorted((work / "shop.lancedb" / "_cope_projections").iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    return folders[0].name
 
 
 @dataclass(frozen=True)
