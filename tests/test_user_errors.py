@@ -39,3 +39,21 @@ def test_train_on_too_few_products_says_how_many_and_what_to_pass(tmp_path: Path
     make_synthetic_store(db, table="one_domain", n_products=6, domains=("product",), seed=1)
     line = _fails(capsys, [*train[:3], "--table", "one_domain", *train[3:]])
     assert "at least two domains" in line and "['product']" in line and "--pairs" in line, line
+
+
+# -- 2. cope reproject with heads that lack a domain of the table ---------------------------------------------------
+def test_reproject_names_the_domains_the_heads_have_no_head_for(tmp_path: Path, capsys) -> None:
+    from cope.store import ItemStore
+
+    db, heads = tmp_path / "db", tmp_path / "heads"
+    make_synthetic_store(db, table="pv", n_products=30, domains=("product", "video"), seed=1)
+    make_synthetic_store(db, n_products=6, domains=("product", "video", "live"), missing=0.0, seed=2)
+    assert main(["-q", "train", "--db", str(db), "--table", "pv", "--out", str(heads), "--dim", "16",
+                 "--epochs", "2", "--threads", "1"]) == 0
+    reproject = ["reproject", "--db", str(db), "--heads", str(heads), "--table", "items_cope"]
+    line = _fails(capsys, reproject)
+    assert "'live' (6 rows)" in line and "['product', 'video']" in line, line
+    assert "--default-domain product" in line and "cope train" in line, line
+    assert not ItemStore.open(db, "items_cope").exists  # refused before anything was written
+    assert main(["-q", *reproject, "--default-domain", "video"]) == 0  # the advice works
+    assert ItemStore.open(db, "items_cope").count() == ItemStore.open(db).count()

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from cope.errors import UsageError
+
 HEADS_FORMAT = "cope-heads"
 HEADS_VERSION = 1
 
@@ -62,7 +64,7 @@ class HeadsConfig(BaseModel):
             return self.domains.index(domain)
         if self.default_domain is not None:
             return self.domains.index(self.default_domain)
-        raise ValueError(
+        raise UsageError(
             f"the heads have no head for domain {domain!r} (they have {self.domains}); "
             "pass a default domain (e.g. --default-domain) or train with items of that domain"
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,10 @@ from pathlib import Path
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from cope.errors import UsageError
 from cope.heads.checkpoint import check_compatible
 from cope.heads.projector import HeadsProjector
+from cope.store import ItemStore
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +61,9 @@ def reproject(
     """
     from cope.heads import heads_ref, install_heads
     from cope.pipeline import PipelineSpec
-    from cope.store import ItemStore
 
     if table == source_table:
-        raise ValueError(f"--table {table!r} is the source table: pick a new table name for the projected vectors")
+        raise UsageError(f"--table {table!r} is the source table: pick a new table name for the projected vectors")
     src = ItemStore.open(db, source_table)
     base_tag, base_dim = src.model_tag, src.dim
     _ = src.table
@@ -71,6 +73,7 @@ def reproject(
     else:
         projector = HeadsProjector.load(heads, model_tag=base_tag, dim=base_dim, domain_overrides=domain_overrides,
                                         default_domain=default_domain)
+    _check_domains(src, projector, heads if not isinstance(heads, HeadsProjector) else None)
     metadata: dict[bytes, bytes] = {}
     base_spec = PipelineSpec.from_metadata(src.metadata)
     if base_spec is not None and projector.path is not None:  # the new table's pipeline: the source's plus heads
@@ -101,6 +104,31 @@ def reproject(
     summary = ReprojectSummary(n, table, projector.model_tag, projector.dim, time.perf_counter() - start)
     logger.info("%s", summary)
     return summary
+
+
+def _check_domains(src: ItemStore, projector: HeadsProjector, path: str | Path | None) -> None:
+    """Refuse, before anything is written, a table holding items of domains the heads have no head for (and no
+    ``default_domain`` to stand in): name those domains, their rows and the two ways out."""
+    if projector.default_domain is not None:
+        return
+    known = set(projector.heads.config.domains)
+    rows = src.read(["item_id", "domain"] if projector.domain_overrides else ["domain"])
+    domains = rows.column("domain").to_pylist()
+    if projector.domain_overrides:
+        over = projector.domain_overrides
+        domains = [over.get(i, d) for i, d in zip(rows.column("item_id").to_pylist(), domains)]
+    missing = Counter(d for d in domains if d not in known)
+    if not missing:
+        return
+    have = sorted(known)
+    which = ", ".join(f"{d!r} ({n} rows)" for d, n in sorted(missing.items()))
+    heads = f"the heads in {path}" if path is not None else "the heads"
+    raise UsageError(
+        f"table {src.name!r} holds items of domain{'s' if len(missing) > 1 else ''} {which} that {heads} have no "
+        f"head for (they have {have}): pass --default-domain {have[0]} (or another of {have}) to project them "
+        f"through that head, or train heads on labelled items of {'those domains' if len(missing) > 1 else 'it'} "
+        "(cope train)"
+    )
 
 
 def domain_overrides_from(path: str | Path | None) -> dict[str, str]:
