@@ -177,6 +177,11 @@ def test_embed_into_a_pca_table_writes_what_reproject_wrote(compact, demo_catalo
     assert summary.done and ItemStore.open(db, "items_pca_new").model_tag == s32.model_tag
     for item_id, vec in _rows(db, "items_pca_new").items():
         np.testing.assert_allclose(vec, expected["items_pca"][item_id], atol=1e-5, err_msg=item_id)
+    assert main(["-q", "embed", str(demo_catalog), "--db", str(db), "--table", "items_pca_cli", "--projection",
+                 str(folder), "--model", f"open_clip:{TINY_MODEL}"]) == 0  # the same from the command line
+    assert ItemStore.open(db, "items_pca_cli").model_tag == s32.model_tag
+    for item_id, vec in _rows(db, "items_pca_cli").items():
+        np.testing.assert_allclose(vec, expected["items_pca"][item_id], atol=1e-5, err_msg=item_id)
     with pytest.raises(StoreMismatchError):  # a projection fitted on another pipeline's vectors is refused
         embed(demo_catalog, db, encoder=tiny_encoder, table="items_other", projection=str(folder), progress=False,
               fusion={"image_weight": 0.9, "text_weight": 0.1})

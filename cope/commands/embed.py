@@ -61,6 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_field(remote, RemoteOptions, "per_host", "--remote-per-host", dest="remote_per_host")
     p.add_argument("--no-compact", action="store_true", help="skip merging fragments at the end")
     add_field(p, EmbedConfig, "heads")
+    add_field(p, EmbedConfig, "projection")
     ray = p.add_argument_group("distributed (Ray Data; needs cope[ray])")
     ray.add_argument("--engine", choices=["local", "ray"], default="local")
     ray.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
@@ -84,7 +85,7 @@ def config_from_args(args: argparse.Namespace) -> EmbedConfig:
                                ocr=args.ocr, ocr_max_side=args.ocr_max_side, ocr_images=args.ocr_images,
                                ocr_body_text=args.ocr_body_text),
         default_domain=args.default_domain, progress=False if args.quiet else None, compact=not args.no_compact,
-        heads=args.heads, columns=parse_columns(args.columns or []), media_root=args.media_root,
+        heads=args.heads, projection=args.projection, columns=parse_columns(args.columns or []), media_root=args.media_root,
         remote=RemoteOptions(timeout_s=args.remote_timeout_s, total_timeout_s=args.remote_total_timeout_s,
                              retries=args.remote_retries, backoff_s=args.remote_backoff_s,
                              per_host=args.remote_per_host),
