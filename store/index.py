@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cope.errors import UsageError
 from cope.store.schema import VECTOR_COLUMNS
 
 logger = logging.getLogger(__name__)
@@ -183,10 +184,15 @@ def plan_index(
     kind: VectorIndexType = AUTO_INDEX if index_type == "auto" else index_type
     min_rows = 256 if kind != "IVF_PQ" else 256 * 8
     if num_rows < min_rows:
-        raise ValueError(
-            f"{kind} needs at least {min_rows} rows to train; column {column!r} has {num_rows}. "
-            "Use index_type='auto' (exact search for small tables) or add rows first."
-        )
+        rows = f"{num_rows} rows" if column == "vector" else f"{num_rows} rows with that part"
+        if index_type == "auto":
+            fix = (f"--exact-below {exact_below} asks for one at this size: leave it at its default {EXACT_BELOW} "
+                   "(exact search below it, which is exact and fast there) or add rows first")
+        else:
+            fix = (f"at this size exact search is both exact and fast: use --type auto (index_type='auto': no ANN "
+                   f"index below {exact_below} rows) or --type none, or add rows first"
+                   + ("; IVF_FLAT and IVF_SQ train on 256 rows" if kind == "IVF_PQ" else ""))
+        raise UsageError(f"{kind} needs at least {min_rows} rows to train; column {column!r} has {rows}: {fix}")
     partitions = min(num_partitions_for(num_rows, kind), max(1, num_rows // 256))
     sub_vectors = None
     if kind == "IVF_PQ":

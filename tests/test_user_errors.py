@@ -57,3 +57,19 @@ def test_reproject_names_the_domains_the_heads_have_no_head_for(tmp_path: Path, 
     assert not ItemStore.open(db, "items_cope").exists  # refused before anything was written
     assert main(["-q", *reproject, "--default-domain", "video"]) == 0  # the advice works
     assert ItemStore.open(db, "items_cope").count() == ItemStore.open(db).count()
+
+
+# -- 3. cope index --type IVF_* on a table too small to train it ------------------------------------------------------
+def test_index_type_on_a_small_table_says_rows_and_what_to_do(tmp_path: Path, capsys) -> None:
+    db = tmp_path / "db"
+    rows = make_synthetic_store(db, n_products=40, seed=1).count()
+    assert rows < 256
+    for kind in ("IVF_SQ", "IVF_FLAT", "IVF_HNSW_SQ"):
+        line = _fails(capsys, ["index", "--db", str(db), "--type", kind])
+        assert f"{kind} needs at least 256 rows" in line and f"has {rows} rows" in line, line
+        assert "--type auto" in line and "exact search" in line, line
+    line = _fails(capsys, ["index", "--db", str(db), "--type", "IVF_PQ", "--column", "text_vector"])
+    assert "IVF_PQ needs at least 2048 rows" in line and "'text_vector'" in line, line
+    line = _fails(capsys, ["index", "--db", str(db), "--exact-below", "10"])
+    assert "--exact-below 10 asks for one" in line, line
+    assert main(["-q", "index", "--db", str(db), "--type", "auto"]) == 0  # the advice works
