@@ -34,6 +34,7 @@ from cope.filters import merge_filters as _filters
 from cope.pipeline import PipelineSpec
 from cope.records import Domain
 from cope.store import ItemStore
+from cope.store.schema import require_modalities
 from cope.vectors import to_numpy
 
 if TYPE_CHECKING:
@@ -484,7 +485,13 @@ class CopeDB:
     def _check_column(self, column: str) -> None:
         if column not in ("vector", "image_vector", "text_vector") or column not in self._columns:
             have = [c for c in ("vector", "image_vector", "text_vector") if c in self._columns]
-            raise ValueError(f"vector_column must be one of {have}, not {column!r}")
+            if column in ("image_vector", "text_vector"):
+                try:
+                    require_modalities(self.table.schema, self.store.name, f"vector_column={column!r}",
+                                       fix="search the unified vector (vector_column='vector')")
+                except UsageError as e:
+                    raise UsageError(f"vector_column must be one of {have}, not {column!r}: {e}") from None
+            raise UsageError(f"vector_column must be one of {have}, not {column!r}")
 
     def _vector_dim(self, column: str) -> int:
         return int(self.table.schema.field(column).type.list_size)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cope.evaluation import RetrievalResult, evaluate_directions, format_table, results_to_json
 from cope.store import ItemStore
+from cope.store.schema import require_modalities
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,10 @@ def evaluate_table(
     >>> print(report.table_text())  # doctest: +SKIP
     """
     store = ItemStore.open(db, table)
+    if by != "domain" or vector != "vector":
+        flags = f"--by {by}" if by != "domain" else f"--vector {vector}"
+        require_modalities(store.table.schema, table, f"cope eval {flags}", fix="evaluate the unified vector "
+                           "(--by domain --vector vector)")
     cols = ["item_id", "domain", "metadata", "has_image", "has_text"]
     cols += ["image_vector", "text_vector"] if by != "domain" else [vector]
     data = store.read(cols).to_pylist()

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cope.errors import UsageError
-from cope.store.schema import VECTOR_COLUMNS
+from cope.store.schema import MODALITY_COLUMNS, VECTOR_COLUMNS, require_modalities
 
 logger = logging.getLogger(__name__)
 
@@ -341,8 +341,12 @@ def build_index(
     num_rows = table.count_rows()
     existing = {s.column: s for s in _list_indices(table) if s.kind == "vector"}
     for column in columns:
-        if column not in VECTOR_COLUMNS and column not in table.schema.names:
-            raise ValueError(f"no vector column {column!r}; the table has {', '.join(table.schema.names)}")
+        if column in MODALITY_COLUMNS[:2] and column not in table.schema.names:
+            require_modalities(table.schema, str(getattr(table, "name", "")), f"cope index --column {column}",
+                               fix="index --column vector")
+        if column not in table.schema.names:
+            have = [c for c in VECTOR_COLUMNS if c in table.schema.names]
+            raise UsageError(f"no vector column {column!r}; the table's vector columns are {', '.join(have)}")
         rows = num_rows if column == "vector" else _rows_with_modality(table, column, num_rows)
         plan = plan_index(rows, _dim(table, column), index_type, column=column, exact_below=exact_below)
         if plan.index_type is None:

@@ -17,6 +17,8 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
+from cope.errors import UsageError
+
 SCHEMA_VERSION = "1"
 META_MODEL_TAG = b"cope.model_tag"
 META_DIM = b"cope.dim"
@@ -25,6 +27,8 @@ META_PIPELINE = b"cope.pipeline"  # JSON: the pipeline spec (cope.pipeline.Pipel
 META_LEGACY_SPEC = b"cope.model_spec"  # tables written before the pipeline spec: {"model", "pretrained", "fusion"}
 
 META_STORAGE = b"cope.storage"  # JSON: how the vectors are stored (Storage); absent: float32, every column
+#: on a unified-only table (``cope reproject --vector-only``): the table with every column it was written from
+META_SOURCE_TABLE = b"cope.source_table"
 
 VECTOR_COLUMNS = ("vector", "image_vector", "text_vector")  # plus ocr_vector in tables that read pictures
 #: the per-modality vector columns, which a unified-only table (``Storage.modalities=False``) leaves out
@@ -73,6 +77,19 @@ class Storage(BaseModel):
         """Bytes of the vector columns of one row (before compression and indexes)."""
         columns = 1 + ((3 if ocr else 2) if self.modalities else 0)
         return columns * dim * (2 if self.vector_dtype == "float16" else 4)
+
+
+def require_modalities(schema: pa.Schema, table: str, needs: str, *, fix: str | None = None) -> None:
+    """Refuse, with a :class:`~cope.errors.UsageError` that names the table to use, what ``needs`` the per-modality
+    columns on a unified-only table (``cope reproject --vector-only``)."""
+    if "image_vector" in schema.names and "text_vector" in schema.names:
+        return
+    source = (schema.metadata or {}).get(META_SOURCE_TABLE)
+    full = (f"use the full table {source.decode()!r} it was made from (--table {source.decode()})" if source
+            else "use the full table it was made from (--table)")
+    raise UsageError(f"table {table!r} stores only the unified vector (written by `cope reproject --vector-only`): it "
+                     f"has no image_vector/text_vector columns, which {needs} needs; {full}"
+                     + (f", or {fix}" if fix else ""))
 
 
 def compute_schema(schema: pa.Schema) -> pa.Schema:

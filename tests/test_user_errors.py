@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cope.cli import main
@@ -73,3 +74,52 @@ def test_index_type_on_a_small_table_says_rows_and_what_to_do(tmp_path: Path, ca
     line = _fails(capsys, ["index", "--db", str(db), "--exact-below", "10"])
     assert "--exact-below 10 asks for one" in line, line
     assert main(["-q", "index", "--db", str(db), "--type", "auto"]) == 0  # the advice works
+
+
+# -- 4. what a unified-only table (cope reproject --vector-only) cannot do --------------------------------------------
+def test_unified_only_table_refusals_name_the_full_table(tmp_path: Path, capsys) -> None:
+    import pyarrow as pa
+
+    import cope
+    from cope.errors import UsageError
+    from cope.store.schema import require_modalities
+
+    db = tmp_path / "db"
+    make_synthetic_store(db, n_products=30, seed=1)
+    assert main(["-q", "reproject", "--db", str(db), "--vector-only", "--table", "items_u"]) == 0
+    assert main(["-q", "reproject", "--db", str(db), "--source-table", "items_u", "--float16",
+                 "--table", "items_u16"]) == 0  # a copy of a copy still names the full table
+    heads = tmp_path / "heads"
+    assert main(["-q", "train", "--db", str(db), "--out", str(heads), "--dim", "16", "--epochs", "2",
+                 "--threads", "1"]) == 0
+    d = str(db)
+    cases = [
+        ["train", "--db", d, "--table", "items_u16", "--out", str(tmp_path / "h2"), "--dim", "16"],
+        ["eval", "--db", d, "--table", "items_u", "--by", "modality"],
+        ["eval", "--db", d, "--table", "items_u", "--vector", "image_vector"],
+        ["index", "--db", d, "--table", "items_u", "--column", "image_vector"],
+        ["reproject", "--db", d, "--source-table", "items_u", "--heads", str(heads), "--table", "items_uh"],
+        ["join", str(_one_event(tmp_path)), "--db", d, "--table", "items_u", "--out", str(tmp_path / "out"),
+         "--vector-column", "text_vector"],
+    ]
+    for argv in cases:
+        line = _fails(capsys, argv)
+        table = argv[argv.index("--table") + 1] if argv[0] != "reproject" else "items_u"
+        assert f"table {table!r} stores only the unified vector" in line, line
+        assert "use the full table 'items' it was made from (--table items)" in line, line
+    db_u = cope.open(db, table="items_u")
+    for column in ("image_vector", "text_vector"):
+        with pytest.raises(UsageError, match=r"one of \['vector'\].*stores only the unified vector.*'items'"):
+            db_u.similar("product:p0001", vector_column=column)
+        with pytest.raises(UsageError, match="vector_column='vector'"):
+            db_u.search(np.ones(64, np.float32), vector_column=column)
+    assert len(db_u.similar("product:p0001", k=3)) == 3
+    # a table written before the source was recorded: the message still says what to use
+    with pytest.raises(UsageError, match=r"use the full table it was made from \(--table\)"):
+        require_modalities(pa.schema([("vector", pa.list_(pa.float32(), 4))]), "old", "cope train")
+
+
+def _one_event(tmp_path: Path) -> Path:
+    log = tmp_path / "events.csv"
+    log.write_text("user_id,ts,domain,id\nu1,2026-01-01T00:00:00Z,product,p0001\n")
+    return log

@@ -34,6 +34,7 @@ from cope.join.sequences import SequenceBuilder
 from cope.join.sql import arrow_reader, arrow_table, connect, copy_to_parquet, lit
 from cope.join.writers import BackgroundParquetWriter
 from cope.store import ItemStore
+from cope.store.schema import require_modalities
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,9 @@ def join_behaviour(events: str | Path | list[str | Path], db: str | Path, out: s
     """
     config = JoinConfig.model_validate({**(config or JoinConfig()).model_dump(), **options})
     store = open_store(db, config.table)
+    if config.vector_column != "vector":
+        require_modalities(store.table.schema, config.table, f"cope join --vector-column {config.vector_column}",
+                           fix="--vector-column vector")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base = Path(config.temp_dir) if config.temp_dir else out

@@ -34,7 +34,7 @@ from cope.projection import (
     load_projection,
 )
 from cope.store import ItemStore
-from cope.store.schema import Storage
+from cope.store.schema import META_SOURCE_TABLE, Storage
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +134,8 @@ def compact_table(
             metadata = {}
     metadata = {k: v for k, v in metadata.items() if k.startswith(b"cope.")}
     metadata.update(storage.to_metadata())
+    if not storage.modalities:  # where the per-modality columns are: named by what a unified-only table refuses
+        metadata.setdefault(META_SOURCE_TABLE, source_table.encode())
     dst = ItemStore.open(uri, table, model_tag=tag, dim=dim)
     if dst.exists and Storage.of(dst.table.schema) != storage:
         raise StoreMismatchError(f"table {table!r} stores vectors as {Storage.of(dst.table.schema)}, not {storage}; "

@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from cope.errors import UsageError
 from cope.store import ItemStore
+from cope.store.schema import require_modalities
 from cope.vectors import to_numpy
 
 logger = logging.getLogger(__name__)
@@ -190,6 +191,7 @@ def load_item_vectors(
     dim = store.dim
     if dim is None:
         raise ValueError(f"table {store.name!r} in {store.uri} has no vector dimension in its metadata")
+    require_modalities(store.table.schema, store.name, "cope train (heads learn from the image and text vectors)")
     parts: dict[str, list] = {k: [] for k in ("ids", "domains", "keys", "image", "text", "hi", "ht", "base")}
     n_rows = 0
     reader = store.table.search().select(_READ_COLUMNS).limit(None).to_batches(batch_rows)

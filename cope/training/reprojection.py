@@ -25,6 +25,7 @@ from cope.errors import UsageError
 from cope.heads.checkpoint import check_compatible
 from cope.heads.projector import HeadsProjector
 from cope.store import ItemStore
+from cope.store.schema import require_modalities
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ def reproject(
         raise UsageError(f"--table {table!r} is the source table: pick a new table name for the projected vectors")
     src = ItemStore.open(db, source_table)
     base_tag, base_dim = src.model_tag, src.dim
-    _ = src.table
+    require_modalities(src.table.schema, source_table, "cope reproject --heads (heads project the image and text "
+                       "vectors)")
     if isinstance(heads, HeadsProjector):
         check_compatible(heads.heads.config, base_tag, base_dim, f"table {source_table!r}")
         projector = heads
