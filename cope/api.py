@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -221,6 +222,7 @@ class CopeDB:
         self._columns = tuple(self.table.schema.names)
         self._pipeline: Pipeline | None = None
         self._params: dict[str, SearchParams | None] = {}
+        self._warned_duplicates = False
         if encoder is not None:
             self._pipeline = self._build(encoder)
 
@@ -331,7 +333,10 @@ class CopeDB:
             raise UsageError(f"item ids are strings like 'product:p001', not {bad[0]!r} ({type(bad[0]).__name__})")
         # a bound expression, never SQL text (one where() call, so LanceDB keeps it an expression)
         where = col("item_id") == lit(ids[0]) if len(ids) == 1 else col("item_id").isin(ids)
-        found = self.table.search().where(where).select(columns).limit(None).to_arrow()
+        stamp = ["updated_at"] if "updated_at" in self._columns and "updated_at" not in columns else []
+        found = self._one_row_per_id(self.table.search().where(where).select(columns + stamp).limit(None).to_arrow())
+        if stamp:
+            found = found.drop_columns(stamp)
         order = {k: i for i, k in enumerate(found.column("item_id").to_pylist())}
         missing = [i for i in ids if i not in order]
         if missing:
@@ -539,7 +544,9 @@ class CopeDB:
         if n == 0:
             return BatchResults()
         wanted = self._result_columns(columns)
-        fetched = wanted + (["metadata"] if f.metadata and "metadata" not in wanted else [])
+        helpers = ["metadata"] if f.metadata and "metadata" not in wanted else []
+        helpers += ["updated_at"] if "updated_at" in self._columns and "updated_at" not in wanted else []
+        fetched = wanted + helpers
         extra = 1 if exclude_self else 0
         first = (k + extra) * (4 if f.metadata else 1)
         total = None
@@ -548,8 +555,9 @@ class CopeDB:
         for i in range(n):
             t, fetch = tables[i], first
             while True:
-                kept = self._post_filter(t, f, exclude_self[i] if exclude_self else None)
-                if kept.num_rows >= k or t.num_rows < fetch or not f.metadata:
+                unique = self._one_row_per_id(t)
+                kept = self._post_filter(unique, f, exclude_self[i] if exclude_self else None)
+                if kept.num_rows >= k or t.num_rows < fetch or not (f.metadata or unique.num_rows < t.num_rows):
                     break
                 total = total if total is not None else self.table.count_rows()
                 if fetch >= total:
@@ -557,8 +565,8 @@ class CopeDB:
                 fetch = min(total, fetch * 4)  # rare metadata matches: widen this query's candidate list
                 t = self._query(vectors[i : i + 1], fetch, f, column, fetched)[0]
             kept = kept.slice(0, k)
-            if len(fetched) > len(wanted):
-                kept = kept.drop_columns(["metadata"])
+            if helpers:
+                kept = kept.drop_columns(helpers)
             results.append(Results(kept, labels[i]))
         return results
 
@@ -590,6 +598,30 @@ class CopeDB:
         base, qi = base.take(pa.array(order)), qi[order]
         bounds = np.searchsorted(qi, np.arange(len(vectors) + 1))
         return [base.slice(int(bounds[i]), int(bounds[i + 1] - bounds[i])) for i in range(len(vectors))]
+
+    def _one_row_per_id(self, table: pa.Table) -> pa.Table:
+        """``table`` with one row per item id: the newest (``updated_at``; the first of equals), in table order.
+
+        Tables written by older versions may store an id twice (``cope check --repair`` fixes them): lookups and
+        results then use the newest row of each, with one warning per :class:`CopeDB`.
+        """
+        ids = table.column("item_id").to_pylist()
+        if len(set(ids)) == len(ids):
+            return table
+        stamps = table.column("updated_at").to_pylist() if "updated_at" in table.column_names else [None] * len(ids)
+        best: dict[str, int] = {}
+        for i, (item, at) in enumerate(zip(ids, stamps)):
+            j = best.get(item)
+            if j is None or (at is not None and (stamps[j] is None or at > stamps[j])):
+                best[item] = i
+        if not self._warned_duplicates:
+            self._warned_duplicates = True
+            repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
+            names = ", ".join(map(repr, repeated[:3])) + (", ..." if len(repeated) > 3 else "")
+            logger.warning("table %r stores item ids more than once (%s; left by an older cope): using the newest "
+                           "row of each; run `cope check --db %s --table %s --repair` to keep only those",
+                           self.store.name, names, self.store.uri, self.store.name)
+        return table.take(pa.array(sorted(best.values()), pa.int64()))
 
     @staticmethod
     def _post_filter(table: pa.Table, f: Filters, self_id: str | None) -> pa.Table:

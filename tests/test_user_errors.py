@@ -123,3 +123,45 @@ def _one_event(tmp_path: Path) -> Path:
     log = tmp_path / "events.csv"
     log.write_text("user_id,ts,domain,id\nu1,2026-01-01T00:00:00Z,product,p0001\n")
     return log
+
+
+# -- 5. similar() on an item id stored twice (tables written by older versions) ---------------------------------------
+def test_similar_on_a_duplicated_id_uses_the_newest_row_and_warns(tmp_path: Path, caplog) -> None:
+    import datetime as dt
+    import logging
+
+    import pyarrow as pa
+
+    import cope
+
+    db = tmp_path / "db"
+    store = make_synthetic_store(db, n_products=10, missing=0.0, seed=1)
+    rows = {r["item_id"]: r for r in store.read(store.table.schema.names).to_pylist()}
+    unique = len(rows)
+    target = rows["video:vid-p0005-0"]["vector"]  # the newer copy of product:p0001 points at this video
+    newer = dict(rows["product:p0001"], vector=target,
+                 updated_at=rows["product:p0001"]["updated_at"] + dt.timedelta(hours=1))
+    store.table.add(pa.Table.from_pylist([newer, rows["live:live-p0002:0-10"]], schema=store.table.schema))
+    assert store.count() == unique + 2
+
+    db_api = cope.open(db)
+    with caplog.at_level(logging.WARNING, logger="cope.api"):
+        hits = db_api.similar("product:p0001", k=5)
+        assert hits.ids[0] == "video:vid-p0005-0" and hits.scores[0] == pytest.approx(1.0, abs=1e-5)
+        assert "product:p0001" not in hits.ids and len(set(hits.ids)) == len(hits) == 5
+        every = db_api.similar("product:p0002", k=100)  # each stored item once, the query item left out
+        assert sorted(every.ids) == sorted(set(rows) - {"product:p0002"})
+        assert len(db_api.search(np.asarray(target), k=unique).ids) == unique
+        np.testing.assert_allclose(db_api.vectors("product:p0001")[0], target, rtol=1e-6)
+        assert db_api.get(["live:live-p0002:0-10", "product:p0001"]).column("item_id").to_pylist() == [
+            "live:live-p0002:0-10", "product:p0001"]
+        assert len(db_api.similar_many(["product:p0001", "live:live-p0002:0-10"], k=3)) == 2
+    warnings = [r.getMessage() for r in caplog.records if "more than once" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once per CopeDB
+    assert "'live:live-p0002:0-10'" in warnings[0] or "'product:p0001'" in warnings[0]
+    assert f"cope check --db {db} --table items --repair" in warnings[0]
+
+    assert main(["-q", "check", "--db", str(db), "--repair"]) == 0  # the advice works
+    caplog.clear()
+    assert cope.open(db).similar("product:p0001", k=1).ids == ["video:vid-p0005-0"]
+    assert not [r for r in caplog.records if "more than once" in r.getMessage()]
