@@ -165,3 +165,116 @@ def test_similar_on_a_duplicated_id_uses_the_newest_row_and_warns(tmp_path: Path
     caplog.clear()
     assert cope.open(db).similar("product:p0001", k=1).ids == ["video:vid-p0005-0"]
     assert not [r for r in caplog.records if "more than once" in r.getMessage()]
+
+
+# -- 6. cope join --links with hostile rows -------------------------------------------------------------------------
+@pytest.fixture
+def join_db(tmp_path: Path) -> tuple[Path, Path]:
+    """Items product p1/p2, videos v1..v3, live l1 (one slice 0-30 s), and one event on each non-product item."""
+    from cope.join.synth import write_items
+
+    items = [{"domain": "product", "source_id": p, "vector": [1.0, 0.0, 0.0, 0.0]} for p in ("p1", "p2")]
+    items += [{"domain": "video", "source_id": v, "vector": [0.0, 1.0, 0.0, 0.0]} for v in ("v1", "v2", "v3")]
+    items += [{"domain": "live", "source_id": "l1", "vector": [0.0, 0.0, 1.0, 0.0], "slice_start": 0.0,
+               "slice_end": 30.0}]
+    write_items(tmp_path / "db", items, dim=4)
+    log = tmp_path / "events.csv"
+    log.write_text("user_id,ts,domain,id,offset\n" + "".join(
+        f"u1,2026-01-01T00:0{k}:00Z,{d},{i},{o}\n" for k, (d, i, o) in enumerate(
+            [("video", "v1", ""), ("video", "v2", ""), ("video", "v3", ""), ("live", "l1", "5")])))
+    return tmp_path / "db", log
+
+
+def _join_keys(capsys, caplog, db: Path, log: Path, out: Path, links: Path) -> tuple[dict, dict, list[str]]:
+    import json
+    import logging
+
+    import pyarrow.parquet as pq
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cope.join.links"):
+        assert main(["-q", "join", str(log), "--db", str(db), "--out", str(out), "--no-content-links",
+                     "--links", str(links)]) == 0
+    assert "link tables:" in capsys.readouterr().out  # the summary says rows were skipped
+    events = pq.read_table(out / "events.parquet")
+    keys = dict(zip(events.column("id").to_pylist(), events.column("product_key").to_pylist()))
+    report = json.loads((out / "report.json").read_text())["links"]
+    return keys, report, [r.getMessage() for r in caplog.records]
+
+
+def test_join_skips_and_counts_hostile_link_rows_csv(join_db, tmp_path: Path, capsys, caplog) -> None:
+    db, log = join_db
+    links = tmp_path / "links.csv"
+    links.write_bytes(b"domain,id,product_id,start,end\n"
+                      b"video,v1,p1,,\n"            # good
+                      b"live,l1,p2,soon,30\n"       # start is not a number
+                      b"live,l1,p1,0,30\n"          # good
+                      b"video,v2,,,\n"              # missing product id
+                      b"video,v\xff2,p2,,\n"        # bytes that are not UTF-8
+                      b"video,v\x002,p2,,\n"        # a NUL byte
+                      b"video,v2,p2,,,extra\n"      # too many fields
+                      b"video\n"                    # too few
+                      b"\n"                         # blank: not a row
+                      b"product,p1,p1,,\n"          # not a video/image/live link
+                      b"live,l1,p2,40,35\n"         # end before start
+                      b"video,v3,p2,,\n")           # good, after all of them
+    keys, report, warnings = _join_keys(capsys, caplog, db, log, tmp_path / "out", links)
+    assert keys == {"v1": "p1", "v2": None, "v3": "p2", "l1": "p1"}
+    assert report["link_table_rows"] == 11 and report["link_table_invalid"] == 8
+    assert report["link_table_invalid_by_reason"] == {
+        "malformed CSV row": 2, "start is not a number": 1, "control character or bytes that are not UTF-8": 2,
+        "not a video, image or live link": 1, "missing product id": 1, "end before start": 1}
+    assert len(warnings) == 1 and f"link table {links}: skipped 8 of 11 rows" in warnings[0], warnings
+
+    # an unclosed quote swallows the rest of the file: those lines are counted, not lost silently
+    links.write_bytes(b'domain,id,product_id\nvideo,v1,p1\nvideo,"v2,p2\nvideo,v3,p2\nvideo,v2,p2\n')
+    keys, report, warnings = _join_keys(capsys, caplog, db, log, tmp_path / "out2", links)
+    assert keys["v1"] == "p1" and report["link_table_rows"] == 4 and report["link_table_invalid"] == 3
+    assert "unclosed or multi-line quote: 2" in warnings[0], warnings
+
+
+def test_join_skips_and_counts_hostile_link_rows_jsonl(join_db, tmp_path: Path, capsys, caplog) -> None:
+    db, log = join_db
+    links = tmp_path / "links.jsonl"
+    links.write_bytes(b'{"domain": "video", "id": "v1", "product_id": "p1"}\n'
+                      b'not json\n'
+                      b'[1, 2]\n'
+                      b'{"domain": "live", "id": "l1", "product_id": "p2", "start": "soon"}\n'
+                      b'{"domain": "video", "id": "v2", "product_id": {"sku": "p2"}}\n'
+                      b'{"domain": "video", "id": "v2", "product_id": null}\n'
+                      b'{"domain": "video", "id": "v\xff2", "product_id": "p2"}\n'
+                      b'{"domain": "video", "id": "v\\u00002", "product_id": "p2"}\n'
+                      b'\n'
+                      b'{"domain": "video", "id": "v2", "product_id": "p2", "start": true}\n'
+                      b'{"Domain": "LIVE", "ID": "l1", "Product_ID": 1, "start": "0", "end": 30}\n'
+                      b'{"domain": "video", "id": "v3", "product_id": 2}\n')
+    keys, report, warnings = _join_keys(capsys, caplog, db, log, tmp_path / "out", links)
+    assert keys == {"v1": "p1", "v2": None, "v3": "2", "l1": "1"}  # whole numbers are ids too
+    assert report["link_table_rows"] == 11 and report["link_table_invalid"] == 8
+    assert report["link_table_invalid_by_reason"] == {
+        "invalid JSON": 1, "not a JSON object": 1, "product id is not text or a whole number": 1,
+        "start is not a number": 2, "control character or bytes that are not UTF-8": 2, "missing product id": 1}
+    assert len(warnings) == 1 and f"link table {links}: skipped 8 of 11 rows" in warnings[0], warnings
+
+
+def test_join_link_table_that_cannot_be_read_fails_with_one_line(join_db, tmp_path: Path, capsys) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    db, log = join_db
+    cases = {
+        "binary.csv": (bytes(range(256)) * 4, "cannot read the header line"),
+        "empty.csv": (b"", "has no header line"),
+        "lacks.csv": (b"domain,video,product\nvideo,v1,p1\n", "lacks ['id']"),
+        "prose.jsonl": (b"domain,id,product_id\nvideo,v1,p1\n", "none of its 2 lines is a JSON object"),
+    }
+    for name, (data, _) in cases.items():
+        (tmp_path / name).write_bytes(data)
+    pq.write_table(pa.table({"domain": ["video"], "id": ["v1"], "product_id": [{"sku": "p1"}]}),
+                   tmp_path / "nested.parquet")
+    cases["nested.parquet"] = (b"", "column 'product_id' is STRUCT")
+    cases["missing.csv"] = (b"", "link table")
+    for name, (_, expected) in cases.items():
+        line = _fails(capsys, ["join", str(log), "--db", str(db), "--out", str(tmp_path / "out"),
+                               "--no-content-links", "--links", str(tmp_path / name)])
+        assert expected in line and name in line, line

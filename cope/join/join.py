@@ -144,7 +144,7 @@ class _Join:
         del items
         t = self._phase("read_items", t)
 
-        link_counts = load_link_tables(self.con, self.config.links, self.config)
+        link_counts = load_link_tables(self.con, self.config.links, self.config, stage)
         create_item_keys(self.con)
         content = {"content_candidates": 0, "content_linked": 0, "content_below_threshold": 0}
         if self.config.content_links:
@@ -189,6 +189,7 @@ class _Join:
         report.outputs = {k: str(p) for k, p in self.paths.items()}
         report.links = report.links.model_copy(update={
             "link_table_rows": link_counts["rows"], "link_table_invalid": link_counts["invalid"],
+            "link_table_invalid_by_reason": link_counts["invalid_by_reason"],
             "link_table_ambiguous": link_counts["ambiguous"],
             "threshold": self.config.threshold if self.config.content_links else None, **content})
         t = self._phase("report", t)

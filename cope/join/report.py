@@ -59,7 +59,8 @@ class DomainCoverage(BaseModel):
 
 class LinkCounts(BaseModel):
     link_table_rows: int = 0
-    link_table_invalid: int = 0
+    link_table_invalid: int = 0  # rows skipped (malformed, a field missing or of the wrong type...), by reason below
+    link_table_invalid_by_reason: dict[str, int] = Field(default_factory=dict)
     link_table_ambiguous: int = 0  # ids linked to several products with no time range (smallest product id wins)
     threshold: float | None = None
     content_candidates: int = 0  # reached items without a link-table key, searched by content
@@ -108,7 +109,10 @@ class JoinReport(BaseModel):
         lines.append("links: " + (", ".join(f"{k} {v}" for k, v in self.links.events_by_link_source.items())
                                   or "no valid events")
                      + (f"; content links above {self.links.threshold}: {self.links.content_linked} of "
-                        f"{self.links.content_candidates} items" if self.links.content_candidates else ""))
+                        f"{self.links.content_candidates} items" if self.links.content_candidates else "")
+                     + (f"; link tables: {self.links.link_table_invalid} of {self.links.link_table_rows} rows "
+                        "skipped (" + ", ".join(f"{r}: {n}" for r, n in self.links.link_table_invalid_by_reason.items())
+                        + ")" if self.links.link_table_invalid else ""))
         lines.append(f"users: {u.users} ({u.users_matched} matched), events/user mean {u.events_per_user_mean:.1f} "
                      f"p50 {u.events_per_user_p50:g} p90 {u.events_per_user_p90:g} max {u.events_per_user_max}; "
                      f"{u.multi_domain_share:.1%} span more than one domain; product key reach "
