@@ -22,6 +22,7 @@ from cope.pipeline import PipelineSpec
 from cope.records import Record
 from cope.store import ItemStore
 from cope.store.schema import compute_schema
+from cope.timing import add_seconds, timed
 
 logger = logging.getLogger(__name__)
 
@@ -230,6 +231,7 @@ class EmbedCore:
         """Whether an extracted record goes on to the model; a failed extraction is recorded. An OCR failure is
         recorded too, but the record goes on (it keeps its image and text parts)."""
         assert prepared.record is not None
+        add_seconds(self.summary.stages, prepared.seconds)
         if prepared.error is not None:
             self.fail(prepared.record.record_key, prepared.origin, "extract", prepared.error)
             return False
@@ -245,15 +247,16 @@ class EmbedCore:
         n = self.config.write_every
         if not (force or len(self._rows) >= n or len(self._errors) >= n):
             return
-        if self._rows:
-            self.ensure_table()
-            write_rows(self.store, self._rows)
-            self._rows = []
-        if self._pipeline is not None:
-            self._pipeline.flush()
-        if self._errors:
-            self.store.record_errors(self._errors)
-            self._errors = []
+        with timed(self.summary.stages, "write"):
+            if self._rows:
+                self.ensure_table()
+                write_rows(self.store, self._rows)
+                self._rows = []
+            if self._pipeline is not None:
+                self._pipeline.flush()
+            if self._errors:
+                self.store.record_errors(self._errors)
+                self._errors = []
 
     def finish(self, seconds: float) -> EmbedSummary:
         """Write what is buffered, compact, report the index state, release the write lease, log the summary."""
@@ -263,7 +266,8 @@ class EmbedCore:
         if self.summary.done and not store.exists:  # the table was created by other processes (Ray tasks)
             store = ItemStore.open(self.db, self.config.table)
         if self.config.compact and self.summary.done and store.exists:
-            store.compact()  # lance's optimize (under this run's lease): folds new rows into existing ANN indexes
+            with timed(self.summary.stages, "compact"):
+                store.compact()  # lance's optimize (under this run's lease): folds new rows into existing indexes
         if self.summary.done and store.exists:
             from cope.store.index import index_report
 
@@ -277,6 +281,9 @@ class EmbedCore:
             self.summary.ocr_ms = self._pipeline.ocr_stats.get("ms", 0)
         self.store.release_lease()
         logger.info("%s", self.summary)
+        if self.summary.stages:
+            logger.info("seconds per stage: %s (decode, ocr and preprocess summed over the extraction threads)",
+                        self.summary.stage_report())
         return self.summary
 
     def show_progress(self) -> bool:

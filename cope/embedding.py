@@ -31,6 +31,7 @@ from cope.hashing import slice_hash
 from cope.pipeline import EncoderSpec, PipelineSpec
 from cope.records import DOMAINS, Record
 from cope.store.item_store import now_utc
+from cope.timing import timed
 from cope.vectors import l2_normalize, mean_vector
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class Prepared:
     contents: list[Content] = field(default_factory=list)
     tensors: list[list[torch.Tensor]] = field(default_factory=list)  # per content, per image
     error: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # decode, ocr, preprocess (cope.timing)
 
     @property
     def n_images(self) -> int:
@@ -105,12 +107,15 @@ def prepare_record(
 
     prepared = Prepared(record, origin, digest)
     try:
-        prepared.contents = extract(record, options)
+        with timed(prepared.seconds, "decode"):
+            prepared.contents = extract(record, options)
         if options.ocr:
             from cope.extractors.ocr import add_ocr
 
-            add_ocr(prepared.contents, options, ocr_cache, ocr_stats)
-        _preprocess(prepared, preprocess)
+            with timed(prepared.seconds, "ocr"):
+                add_ocr(prepared.contents, options, ocr_cache, ocr_stats)
+        with timed(prepared.seconds, "preprocess"):
+            _preprocess(prepared, preprocess)
     except ExtractionError as e:
         prepared.error = str(e)
     except Exception as e:  # a bug or an unexpected decoder error must not stop the job
@@ -231,9 +236,21 @@ class Pipeline:
             self.ocr_cache.flush()
 
     def encode_parts(self, contents: Sequence[Content], tensors: Sequence[Sequence[torch.Tensor]],
-                     domains: Sequence[str], batch_size: int = 32, text_batch_size: int = 64) -> Parts:
+                     domains: Sequence[str], batch_size: int = 32, text_batch_size: int = 64,
+                     seconds: dict[str, float] | None = None) -> Parts:
         """Encode contents (images stacked in full batches across contents, texts together), fuse, project
-        through the heads by domain, then through the fitted projection (every part with the same map)."""
+        through the heads by domain, then through the fitted projection (every part with the same map).
+        ``seconds`` gets the time of the model passes (``encode``) and of the rest (``fusion``) added."""
+        seconds = {} if seconds is None else seconds
+        with timed(seconds, "encode"):
+            image_vecs, present, encoded = self._run_models(contents, tensors, batch_size, text_batch_size)
+        with timed(seconds, "fusion"):
+            return self._fuse(contents, [len(per) for per in tensors], domains, image_vecs, present, encoded)
+
+    def _run_models(self, contents: Sequence[Content], tensors: Sequence[Sequence[torch.Tensor]], batch_size: int,
+                    text_batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Vectors of all images (in order); of the texts (item texts, then OCR texts when the pipeline reads
+        pictures), which are not empty and their vectors (zero rows for empty ones)."""
         import torch
 
         encoder, dim = self.encoder, self.encoder.dim
@@ -243,17 +260,22 @@ class Pipeline:
             + [encoder.encode_image_tensors(torch.stack(flat[i : i + batch_size]))
                for i in range(0, len(flat), batch_size)]
         )
-        reads = self.spec.extract.ocr
-        texts = [c.text for c in contents] + ([ocr_part_text(c) for c in contents] if reads else [])
+        texts = [c.text for c in contents] + ([ocr_part_text(c) for c in contents] if self.spec.extract.ocr else [])
         present = np.array([bool(t.strip()) for t in texts], bool)
         encoded = np.zeros((len(texts), dim), np.float32)
         if present.any():  # item texts and OCR texts in the same batches
             idx = np.flatnonzero(present)
             encoded[idx] = encoder.encode_texts([texts[i] for i in idx], text_batch_size)
+        return image_vecs, present, encoded
+
+    def _fuse(self, contents: Sequence[Content], n_images: list[int], domains: Sequence[str], image_vecs: np.ndarray,
+              present: np.ndarray, encoded: np.ndarray) -> Parts:
+        """Per-content image means, fused vectors, heads and projection, from the models' output."""
+        dim = self.encoder.dim
+        reads = self.spec.extract.ocr
         n = len(contents)
         text, has_text = encoded[:n], present[:n]
         ocr, has_ocr = (encoded[n:], present[n:]) if reads else (None, None)
-        n_images = [len(per) for per in tensors]
         image = np.zeros((len(contents), dim), np.float32)
         pos = 0
         for i, count in enumerate(n_images):
@@ -278,11 +300,19 @@ class Pipeline:
                 ocr = p.apply(ocr)
         return Parts(vector, image, text, has_image, has_text, n_images, ocr, has_ocr)
 
-    def encode(self, batch: Sequence[Prepared], batch_size: int = 32, text_batch_size: int = 64) -> list[dict[str, Any]]:
-        """Store rows (one per content: a live stream gives one per slice) of prepared records."""
+    def encode(self, batch: Sequence[Prepared], batch_size: int = 32, text_batch_size: int = 64,
+               seconds: dict[str, float] | None = None) -> list[dict[str, Any]]:
+        """Store rows (one per content: a live stream gives one per slice) of prepared records (``seconds``: as
+        :meth:`encode_parts`; building the rows counts as fusion)."""
+        seconds = {} if seconds is None else seconds
         contents = [c for p in batch for c in p.contents]
         tensors = [t for p in batch for t in p.tensors]
-        parts = self.encode_parts(contents, tensors, [c.domain for c in contents], batch_size, text_batch_size)
+        parts = self.encode_parts(contents, tensors, [c.domain for c in contents], batch_size, text_batch_size,
+                                  seconds)
+        with timed(seconds, "fusion"):
+            return self._rows(batch, parts)
+
+    def _rows(self, batch: Sequence[Prepared], parts: Parts) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         at, tag, i = now_utc(), self.tag, 0
         for p in batch:

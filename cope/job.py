@@ -35,6 +35,7 @@ from cope.embedding import Prepared
 from cope.encoders.base import Encoder
 from cope.manifest import ManifestRow, check_inputs, count_rows
 from cope.records import Record
+from cope.timing import timed
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +53,18 @@ class EmbedJob:
 
     def _todo(self, rows: Iterator[ManifestRow], pool: ThreadPoolExecutor, bar: tqdm) -> Iterator[tuple[Record, str, str]]:
         """Valid records whose stored hash differs from their current one; invalid rows and skips are counted."""
-        while chunk := list(itertools.islice(rows, self.config.lookup_every)):
-            valid = self.core.valid(chunk)
+        seconds = self.summary.stages
+        while True:
+            with timed(seconds, "read"):
+                chunk = list(itertools.islice(rows, self.config.lookup_every))
+                if not chunk:
+                    return
+                valid = self.core.valid(chunk)
+                records = [r.record for r in valid]
+                digests = hash_records(records, pool.map)  # type: ignore[arg-type]
+                needed = select_todo(self.store, records, digests)  # type: ignore[arg-type]
             bar.update(len(chunk) - len(valid))
-            records = [r.record for r in valid]
-            digests = hash_records(records, pool.map)  # type: ignore[arg-type]
-            for row, digest, todo in zip(valid, digests, select_todo(self.store, records, digests)):  # type: ignore[arg-type]
+            for row, digest, todo in zip(valid, digests, needed):
                 if todo:
                     yield row.record, row.where, digest  # type: ignore[misc]
                 else:
@@ -68,16 +75,22 @@ class EmbedJob:
         """Extraction results in manifest order, with a bounded number of records in flight."""
         window = max(4, 2 * self.config.batch_size)
         pending: deque[Future[Prepared]] = deque()
+        seconds = self.summary.stages
         for record, origin, digest in todo:
             pending.append(pool.submit(self.core.pipeline.prepare, record, origin, digest))
             if len(pending) >= window:
-                yield pending.popleft().result()
+                with timed(seconds, "wait"):
+                    prepared = pending.popleft().result()
+                yield prepared
         while pending:
-            yield pending.popleft().result()
+            with timed(seconds, "wait"):
+                prepared = pending.popleft().result()
+            yield prepared
 
     def _encode(self, batch: list[Prepared]) -> None:
         try:
-            rows = self.core.pipeline.encode(batch, self.config.batch_size, self.config.text_batch_size)
+            rows = self.core.pipeline.encode(batch, self.config.batch_size, self.config.text_batch_size,
+                                             self.summary.stages)
         except Exception as e:
             logger.exception("encoding a batch of %d records failed", len(batch))
             for p in batch:

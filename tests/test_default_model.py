@@ -113,6 +113,51 @@ def test_image_vectors_and_preprocess(encoder: DefaultEncoder, photos: dict[str,
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
 
 
+def test_uint8_preprocessing_and_draft_decoding_keep_the_vectors(
+    encoder: DefaultEncoder, photos: dict[str, Image.Image], tmp_path: Path
+) -> None:
+    """The job's path (resize and crop on uint8 tensors; a JPEG decoded at a reduced scale) against timm's own
+    transform of a full decode. Draft decoding moves real photos' vectors by up to 0.0017 (the former rule, decoding
+    down to 2x the hint, did as much on these photos); the uint8 preprocessing by less than 1e-4."""
+    import torch
+
+    from cope.encoders.transforms import Uint8Transform
+    from cope.extractors.image import load_image
+
+    assert isinstance(encoder.image_transform(), Uint8Transform)
+
+    def cosines(a: list, b: list) -> np.ndarray:
+        return (encoder.encode_image_tensors(torch.stack(a)) * encoder.encode_image_tensors(torch.stack(b))).sum(1)
+
+    full, drafted = [], []
+    for i, im in enumerate(photos.values()):  # twice as large, so that draft decoding applies to some
+        path = tmp_path / f"{i}.jpg"
+        im.convert("RGB").resize((2 * im.width, 2 * im.height), Image.BICUBIC).save(path, quality=95)
+        full.append(load_image(str(path)))
+        drafted.append(load_image(str(path), size_hint=encoder.image_size))
+    reference = [encoder.reference_transform(im) for im in full]
+    assert cosines([encoder.preprocess(im) for im in full], reference).min() >= 0.9999
+    assert cosines([encoder.preprocess(im) for im in drafted], reference).min() >= 0.998
+
+
+def test_folded_model_gives_the_features_of_the_packaged_one(
+    encoder: DefaultEncoder, photos: dict[str, Image.Image]
+) -> None:
+    import torch
+
+    from cope.encoders.default_model import _require_weight_packages, load_efficientnet_lite0
+
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.model.modules())
+    batch = torch.stack([encoder.preprocess(im) for im in list(photos.values())[:4]])
+    pooled, logits = encoder.image_features(batch)
+    plain = load_efficientnet_lite0(_require_weight_packages()[0])
+    with torch.inference_mode():
+        ref = plain.forward_head(plain.forward_features(encoder.image_transform().normalize(batch)), pre_logits=True)
+        ref_logits = plain.classifier(ref)
+    np.testing.assert_allclose(pooled, ref.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(logits, ref_logits.numpy(), rtol=1e-4, atol=1e-3)
+
+
 def test_deterministic_across_loads(
     encoder: DefaultEncoder, photos: dict[str, Image.Image], no_network: None
 ) -> None:

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from cope.encoders import create_encoder, l2_normalize
+from cope.encoders.transforms import Uint8Transform, uint8_twin
+from cope.extractors.image import load_image
 from cope.fusion import FusionConfig, fuse
 from cope.vectors import mean_vector
 from tests.conftest import TINY_MODEL
@@ -51,6 +54,106 @@ def test_checkpoint_file_and_local_dir_load_with_fingerprint(tiny_config_dir: Pa
     from_dir = create_encoder(f"local-dir:{folder}")
     np.testing.assert_allclose(from_dir.encode_texts(["x"]), src.encode_texts(["x"]), atol=1e-6)
     shutil.rmtree(folder)
+
+
+def _photo(width: int, height: int, seed: int) -> Image.Image:
+    """A photo-like picture: a smooth gradient, sensor-like noise and a few filled ellipses."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([120 + 100 * x / width, 120 + 80 * y / height, 150 + 60 * (1 - x / width)], axis=-1)
+    im = Image.fromarray(np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(im)
+    for _ in range(5):
+        x0, y0 = int(rng.integers(0, width // 2)), int(rng.integers(0, height // 2))
+        draw.ellipse([x0, y0, x0 + width // 3, y0 + height // 3], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    return im
+
+
+PHOTO_SIZES = [(800, 800), (640, 480), (300, 700), (100, 80), (33, 500)]
+
+
+def _cosines(encoder, a: list, b: list) -> np.ndarray:
+    import torch
+
+    return (encoder.encode_image_tensors(torch.stack(a)) * encoder.encode_image_tensors(torch.stack(b))).sum(1)
+
+
+def test_uint8_preprocessing_matches_open_clips_own_transform(tiny_config_dir: Path) -> None:
+    import torch
+
+    enc = create_encoder(f"open_clip:{TINY_MODEL}")
+    transform = enc.image_transform()
+    assert isinstance(transform, Uint8Transform) and transform.interpolation == "bicubic"
+    images = [_photo(w, h, i) for i, (w, h) in enumerate(PHOTO_SIZES)] + [Image.new("L", (60, 40), 90)]
+    ours = [enc.preprocess(im) for im in images]
+    reference = [enc.reference_transform(im) for im in images]
+    assert all(t.dtype == torch.uint8 and t.shape == r.shape == (3, 32, 32) for t, r in zip(ours, reference))
+    diff = (transform.normalize(torch.stack(ours)) - torch.stack(reference)).abs()
+    assert diff.mean() <= 5e-3 and diff.max() <= 0.05  # Pillow's resize to a grey level or two (/ std = 0.27)
+    assert _cosines(enc, ours, reference).min() >= 0.999  # uint8 and float batches both encode
+    assert pickle.loads(pickle.dumps(transform))(images[0]).equal(ours[0])  # travels to Ray tasks as it is
+
+
+def test_draft_decoding_and_uint8_preprocessing_keep_the_vectors(tiny_config_dir: Path, tmp_path: Path) -> None:
+    """JPEGs decoded at a reduced scale, then preprocessed on uint8 tensors, give the vectors of a full decode through
+    open_clip's own transform."""
+    enc = create_encoder(f"open_clip:{TINY_MODEL}")
+    ours, reference = [], []
+    for i, (w, h) in enumerate([(800, 800), (1600, 1200), (500, 900)]):
+        path = tmp_path / f"{i}.jpg"
+        _photo(w, h, i).save(path, quality=90)
+        drafted = load_image(str(path), size_hint=enc.image_size)
+        assert max(drafted.size) < max(w, h)
+        ours.append(enc.preprocess(drafted))
+        reference.append(enc.reference_transform(load_image(str(path))))
+    assert _cosines(enc, ours, reference).min() >= 0.999
+
+
+def test_only_known_eval_transforms_get_a_uint8_twin() -> None:
+    from cope._torchvision_fix import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    from torchvision import transforms as T
+
+    normalize = T.Normalize((0.5,) * 3, (0.5,) * 3)
+    twin = uint8_twin(T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), normalize]))
+    assert twin == Uint8Transform(256, (224, 224), "bilinear", (0.5,) * 3, (0.5,) * 3)
+    for other in (lambda im: im, T.Compose([T.RandomResizedCrop(224), T.ToTensor(), normalize]),
+                  T.Compose([T.Resize(200), T.CenterCrop(224), T.ToTensor(), normalize]),  # torchvision pads
+                  T.Compose([T.Resize(256, interpolation=T.InterpolationMode.NEAREST), T.CenterCrop(224),
+                             T.ToTensor(), normalize])):
+        assert uint8_twin(other) is None
+
+
+def test_batchnorm_folding_keeps_the_output_or_leaves_the_model_alone(caplog: pytest.LogCaptureFixture) -> None:
+    import torch
+    from torch import nn
+
+    from cope.encoders.default_model import fold_batchnorm
+
+    def with_stats(bn: nn.BatchNorm2d) -> nn.BatchNorm2d:
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 2)
+        return bn.eval()
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), with_stats(nn.BatchNorm2d(8)), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8),
+                          with_stats(nn.BatchNorm2d(8))).eval()
+    folded = fold_batchnorm(model)
+    assert folded is not model and not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
+
+    class NormFirst(nn.Module):  # registered conv then norm, but the norm runs first: folding would be wrong
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 3, 1), with_stats(nn.BatchNorm2d(3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(self.bn(x))
+
+    odd = NormFirst().eval()
+    assert fold_batchnorm(odd) is odd and "runs unfolded" in caplog.text
 
 
 def test_unknown_model_lists_known_names(tiny_config_dir: Path) -> None:

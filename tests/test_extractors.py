@@ -31,10 +31,14 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     assert load_image(str(exif_rotated_jpeg(tmp_path / "r.jpg"))).size == (30, 60)
 
 
-def test_large_jpeg_is_decoded_in_draft_mode_but_not_below_twice_the_hint(tmp_path: Path) -> None:
-    path = save_image(tmp_path / "big.jpg", size=(1600, 1200), fmt="JPEG")
-    im = load_image(str(path), size_hint=224)
-    assert min(im.size) >= 448 and im.size[0] < 1600
+@pytest.mark.parametrize("size,hint,decoded", [((1600, 1200), 224, (800, 600)), ((4000, 3000), 224, (500, 375)),
+                                               ((800, 800), 224, (400, 400)), ((800, 800), 256, (400, 400)),
+                                               ((512, 512), 256, (512, 512)), ((671, 900), 224, (671, 900)),
+                                               ((1600, 1200), 640, (1600, 1200)), ((1600, 1200), None, (1600, 1200))])
+def test_jpeg_is_decoded_at_the_smallest_scale_that_keeps_both_sides_at_one_and_a_half_hints(
+        tmp_path: Path, size: tuple[int, int], hint: int | None, decoded: tuple[int, int]) -> None:
+    path = save_image(tmp_path / "big.jpg", size=size, fmt="JPEG")
+    assert load_image(str(path), size_hint=hint).size == decoded
 
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated_jpeg", "empty"])

@@ -47,6 +47,8 @@ def test_demo_catalog_end_to_end(tiny_encoder, demo_catalog: Path, tmp_path: Pat
     summary = embed(demo_catalog, db, encoder=spy, batch_size=8, write_every=5)
     # 4 products x (product page, image, video) + 1 live stream = 13 records; the live stream has 3 slices
     assert (summary.done, summary.items, summary.failed, summary.invalid) == (13, 15, 0, 0)
+    assert {"read", "decode", "preprocess", "wait", "encode", "fusion", "write", "compact"} == set(summary.stages)
+    assert all(s >= 0 for s in summary.stages.values()) and summary.stage_report().startswith("read ")
     rows = _rows(db)
     assert len(rows) == 15 and len({r["item_id"] for r in rows}) == 15
     by_domain = {d: sum(r["domain"] == d for r in rows) for d in ("product", "image", "video", "live")}

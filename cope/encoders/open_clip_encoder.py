@@ -13,6 +13,7 @@ import numpy as np
 
 from cope._torchvision_fix import ensure_torchvision_importable
 from cope.encoders.base import Encoder, l2_normalize
+from cope.encoders.transforms import model_input, uint8_twin
 from cope.errors import UsageError
 
 if TYPE_CHECKING:
@@ -138,7 +139,9 @@ class OpenClipEncoder(Encoder):
                 ) from None
         model.eval()
         self.model = model
-        self._preprocess = preprocess
+        #: open_clip's own transform (Pillow resize, float tensors): the reference the uint8 twin is tested against
+        self.reference_transform = preprocess
+        self._transform = uint8_twin(preprocess) or preprocess
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.context_length = int(getattr(self.tokenizer, "context_length", None) or 77)
         #: texts are cut to this many characters before tokenizing (see the class docstring)
@@ -156,19 +159,19 @@ class OpenClipEncoder(Encoder):
         logger.info("loaded %s (dim %d, %d px)", self.model_tag, self.dim, self.image_size)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return self._preprocess(image)
+        return self._transform(image)
 
     def spec(self) -> dict[str, Any]:
         return self._spec
 
     def image_transform(self):
-        return self._preprocess
+        return self._transform
 
     def encode_image_tensors(self, batch: torch.Tensor) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            feats = self.model.encode_image(batch.to(self.device))
+            feats = self.model.encode_image(model_input(batch, self._transform, self.device))
         return l2_normalize(feats.float().cpu().numpy())
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
