@@ -362,7 +362,15 @@ def compare(a: argparse.Namespace, passthrough: list[str]) -> None:
     DuckDB at the former 2 GB and the hand-written query, alternated (A B C A B C ...)."""
     import statistics
 
-    args = [x for x in passthrough if not x.startswith("--compare")]
+    args, skip = [], False
+    for x in passthrough:  # every flag but --compare N
+        if skip or x.startswith("--compare="):
+            skip = False
+            continue
+        if x == "--compare":
+            skip = True
+            continue
+        args.append(x)
     contenders = {"join": ("join", args),
                   "join@2GB": ("join", [*args, "--memory-limit", a.old_memory_limit]),
                   "hand": ("hand", args)}

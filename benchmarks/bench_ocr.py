@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 from benchmarks.magento import read_jsonl, write_inputs  # noqa: E402
 from cope.content import ExtractOptions  # noqa: E402
 from cope.evaluation import retrieval_metrics  # noqa: E402
+from cope.fusion import FusionConfig, fuse  # noqa: E402
 from cope.job import embed  # noqa: E402
 from cope.store import ItemStore  # noqa: E402
 
@@ -82,9 +83,23 @@ def samples_manifest(out: Path) -> Path:
     return out
 
 
-def vectors(db: Path) -> dict[str, dict[str, Any]]:
-    rows = ItemStore.open(db).read(["item_id", "vector", "metadata", "has_image"]).to_pylist()
-    return {r["item_id"]: {**r, "metadata": json.loads(r["metadata"] or "{}")} for r in rows}
+def vectors(db: Path, ocr_weight: float | None = None) -> dict[str, dict[str, Any]]:
+    """Stored rows by id; with ``ocr_weight``, ``vector`` is re-fused from the stored parts with that OCR weight
+    (image and text at the defaults): what a table written with ``--ocr-weight`` would hold, without reading a
+    picture or running an encoder again."""
+    store = ItemStore.open(db)
+    columns = ["item_id", "vector", "metadata", "has_image"]
+    if ocr_weight is not None:
+        columns += ["image_vector", "text_vector", "ocr_vector", "has_text", "has_ocr"]
+    rows = store.read(columns).to_pylist()
+    out = {r["item_id"]: {**r, "metadata": json.loads(r["metadata"] or "{}")} for r in rows}
+    if ocr_weight is not None:
+        config = FusionConfig(ocr_weight=ocr_weight)
+        for r in out.values():
+            part = {k: np.asarray(r[f"{k}_vector"], np.float32) if r[f"has_{k}"] else None
+                    for k in ("image", "text", "ocr")}
+            r["vector"] = fuse(part["image"], part["text"], config, part["ocr"])
+    return out
 
 
 def run(manifest: Path, model: str, ocr: bool, workers: int) -> tuple[Path, Any, float]:
@@ -107,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--covers", type=int, default=60)
+    ap.add_argument("--sweep", type=float, nargs="*", default=[0.1, 0.2, 0.3, 0.5],
+                    help="OCR weights to re-fuse the stored parts with (Magento and covers quality)")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-ocr-data-"))
     covers = make_covers(work, args.covers)
@@ -152,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({args.workers} workers)")
 
     # -- quality: Magento title -> main image, extra view -> main image; sample photos; covers
-    def magento_metrics(db: Path) -> dict[str, float]:
-        v = vectors(db)
+    def magento_metrics(db: Path, ocr_weight: float | None = None) -> dict[str, float]:
+        v = vectors(db, ocr_weight)
         prods = [r for r in v.values() if r["item_id"].startswith("product:")]
         mains = [r for r in v.values() if r["metadata"].get("role") == "main"]
         extra = [r for r in v.values() if r["metadata"].get("role") == "extra_view"]
@@ -180,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             res = retrieval_metrics(qv, ids, np.array([v[i]["vector"] for i in ids]), ids, KS)
             report["samples"][ocr] = {"description->photo R@1": res.recall[1]}
     report["covers"] = {}
+    sweep: dict[float, dict[str, float]] = {}
     for ocr in (False, True):
         db, _, _ = run(covers, args.model, ocr, args.workers)
         v = vectors(db)
@@ -188,10 +206,19 @@ def main(argv: list[str] | None = None) -> int:
         res = retrieval_metrics(qv, ids, np.array([v[i]["vector"] for i in ids]), ids, KS)
         report["covers"][ocr] = {"title->cover R@1": res.recall[1], "title->cover R@10": res.recall[10],
                                  "chance R@1": 1 / len(ids)}
+        for w in args.sweep if ocr else ():  # other OCR weights from the stored parts: no picture read again
+            vw = vectors(db, w)
+            res = retrieval_metrics(qv, ids, np.array([vw[i]["vector"] for i in ids]), ids, KS)
+            sweep[w] = {"covers title->cover R@1": res.recall[1]}
+            if magento:
+                sweep[w].update({f"magento {k}": x for k, x in magento_metrics(last[True][0], w).items()})
     for name, by in report.items():
         for key in by[False]:
             a, b = by[False][key], by[True][key]
             print(f"{name:8s} {key:24s} without {a:.3f}  with --ocr {b:.3f}  ({b - a:+.3f})")
+    for w, metrics in sweep.items():
+        print(f"--ocr-weight {w:g} (re-fused from the stored parts): "
+              + ", ".join(f"{k} {x:.3f}" for k, x in metrics.items()))
     return 0
 
 

@@ -113,7 +113,7 @@ def test_ocr_job_fills_the_column_searches_by_written_text_and_never_reads_twice
     live = [r for k, r in rows.items() if k.startswith("live:")]
     assert len(live) == 1 and live[0]["ocr_text"].replace(" ", "") == "PRICE99"  # read once from 2 snapshots
     # the spec says OCR is on, with its weight: another weight is another table
-    assert ";ocr=w0.5," in ItemStore.open(db).model_tag
+    assert ";ocr=w0.2," in ItemStore.open(db).model_tag
 
     # a text query finds the picture whose printed words match (the tiny model embeds equal strings equally)
     found = open_db(db).search("红色皮球", k=6, domains=["image"])
