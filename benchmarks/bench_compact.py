@@ -89,7 +89,8 @@ OPTIONS = [FULL, Option("full f16", float16=True), Option("pca512", 512), Option
            Option("pca256 f16 centred", 256, True, center=True)]
 SYNTH_OPTIONS = [o for o in OPTIONS
                  if o.name not in ("pca512", "pca64 f16", "pca256 f16 centred", "pca384 f16 unified-only")]
-BIG_OPTIONS = [o for o in OPTIONS if o.name in ("pca256 f16", "pca128 f16", "pca256 f16 unified-only")]
+BIG_OPTIONS = [o for o in OPTIONS
+               if o.name in ("pca256 f16", "pca128 f16", "pca320 f16 unified-only", "pca256 f16 unified-only")]
 
 
 def make_option(db: Path, opt: Option, sample: int = 100_000) -> dict[str, Any]:
@@ -491,7 +492,7 @@ def synthetic(work: Path, rows: int, n_queries: int, shape: dict[str, float], se
 
 
 def synthetic_big(work: Path, rows: int, n_queries: int, shape: dict[str, float], seed: int,
-                  fit_rows: int = 100_000) -> dict[str, Any]:
+                  fit_rows: int = 100_000, options: list[Option] | None = None) -> dict[str, Any]:
     """Compact options at ``rows`` rows without a full-size table: PCA fitted on the first ``fit_rows`` rows."""
     gen = Generator(shape, seed=seed)
     db = work / f"synthetic_{rows}.lancedb"
@@ -513,7 +514,7 @@ def synthetic_big(work: Path, rows: int, n_queries: int, shape: dict[str, float]
             for cj in range(1, -(-min(fit_rows, rows) // chunk)):
                 fit.append(gen.chunk(cj, min(chunk, rows - cj * chunk))[3])
             sample = np.concatenate(fit)[:fit_rows]
-            for opt in BIG_OPTIONS:
+            for opt in options or BIG_OPTIONS:
                 assert opt.pca is not None
                 pca = fit_pca(sample, opt.pca, SYNTH_SPEC.tag, sample=fit_rows)
                 folder = pca.save(db / "_cope_projections" / pca.fingerprint)
@@ -547,7 +548,7 @@ def synthetic_big(work: Path, rows: int, n_queries: int, shape: dict[str, float]
     numpy_full = {"R@1": float((ranks <= 1).mean()), "R@10": float((ranks <= 10).mean())}
     full_top = [[f"product:s{j:08d}" for j in row] for row in best_idx]
     results = []
-    for opt in BIG_OPTIONS:
+    for opt in options or BIG_OPTIONS:
         store, pca, _, _ = stores[opt.name]
         _cleanup(store)
         storage = Storage.of(store.table.schema)
@@ -630,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heads-dim", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2, help="encoder threads for the Magento embedding")
     ap.add_argument("--heads-threads", type=int, default=1, help="torch threads for training heads")
+    ap.add_argument("--big-options", nargs="*", default=None, help="names of the compact options at --big-rows "
+                    "(default: all of them)")
     ap.add_argument("--skip-magento", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic databases")
     ap.add_argument("--seed", type=int, default=0)
@@ -670,7 +673,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n## Synthetic view noise vs quality ({args.rows or 100_000} rows, numpy): R@1 / R@10\n")
         print(sensitivity_table(sens))
     if args.big_rows:
-        b = synthetic_big(args.work, args.big_rows, args.queries, shape, args.seed)
+        chosen = [o for o in BIG_OPTIONS if not args.big_options or o.name in args.big_options]
+        b = synthetic_big(args.work, args.big_rows, args.queries, shape, args.seed, options=chosen)
         out["synthetic_big"] = b
         ref = next((o for o in out.get("synthetic", {}).get("options", []) if o["option"] == "full"), None)
         print(f"\n## Synthetic, {args.big_rows} rows, compact options only (full vectors by numpy: "

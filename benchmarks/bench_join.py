@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,37 +160,29 @@ def phase_hand(a: argparse.Namespace) -> dict:
                  list_transform(s, lambda x: x[7]) AS actions, list_transform(s, lambda x: x[8]) AS weights
           FROM g ORDER BY user_id
         ) TO '{out / 'sequences.parquet'}' (FORMAT parquet, COMPRESSION zstd)""")
+    return output_counts(con, out)
+
+
+def output_counts(con: Any, folder: Path) -> dict:
+    """Counts and order-independent checksums of a join's ``events.parquet`` and ``sequences.parquet`` (two joins
+    with equal ones wrote the same rows, whatever their order within a user)."""
+    events, sequences = f"read_parquet('{folder / 'events.parquet'}')", f"read_parquet('{folder / 'sequences.parquet'}')"
     counts = con.execute(f"""
-        SELECT (SELECT count(*) FROM read_parquet('{out / 'events.parquet'}')),
-               (SELECT count(item_id) FROM read_parquet('{out / 'events.parquet'}')),
-               (SELECT count(product_key) FROM read_parquet('{out / 'events.parquet'}')),
-               (SELECT count(*) FROM read_parquet('{out / 'sequences.parquet'}')),
-               (SELECT sum(length) FROM read_parquet('{out / 'sequences.parquet'}')),
-               (SELECT bit_xor(hash(user_id, epoch_us(ts), item_id, product_key))
-                FROM read_parquet('{out / 'events.parquet'}')),
-               (SELECT bit_xor(hash(user_id, item_ids, product_keys))
-                FROM read_parquet('{out / 'sequences.parquet'}'))""").fetchall()[0]
+        SELECT (SELECT count(*) FROM {events}), (SELECT count(item_id) FROM {events}),
+               (SELECT count(product_key) FROM {events}), (SELECT count(*) FROM {sequences}),
+               (SELECT sum(length) FROM {sequences}),
+               (SELECT bit_xor(hash(user_id, epoch_us(ts), item_id, product_key)) FROM {events}),
+               (SELECT bit_xor(hash(user_id, item_ids, product_keys)) FROM {sequences})""").fetchall()[0]
     return dict(zip(COUNTS, (int(x) for x in counts)))
 
 
 def cope_counts(a: argparse.Namespace) -> dict:
-    """The same counts as :func:`phase_hand` on cope's outputs (to check the outputs agree)."""
+    """:func:`output_counts` of cope's outputs (to check they agree with the hand-written query's)."""
     import duckdb
 
-    j = Path(a.dir) / "joined"
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
-    counts = con.sql(f"""
-        SELECT (SELECT count(*) FROM read_parquet('{j / 'events.parquet'}')),
-               (SELECT count(item_id) FROM read_parquet('{j / 'events.parquet'}')),
-               (SELECT count(product_key) FROM read_parquet('{j / 'events.parquet'}')),
-               (SELECT count(*) FROM read_parquet('{j / 'sequences.parquet'}')),
-               (SELECT sum(length) FROM read_parquet('{j / 'sequences.parquet'}')),
-               (SELECT bit_xor(hash(user_id, epoch_us(ts), item_id, product_key))
-                FROM read_parquet('{j / 'events.parquet'}')),
-               (SELECT bit_xor(hash(user_id, item_ids, product_keys))
-                FROM read_parquet('{j / 'sequences.parquet'}'))""").fetchall()[0]
-    return dict(zip(COUNTS, (int(x) for x in counts)))
+    return output_counts(con, Path(a.dir) / "joined")
 
 
 def phase_profiles(a: argparse.Namespace) -> dict:
