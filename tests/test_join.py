@@ -434,3 +434,29 @@ def test_memory_limit_is_a_process_budget_and_duckdb_gets_the_rest(tmp_path):
     small = connect("896MiB", 1, tmp_path / "spill2")  # less than the process holds + the reserve: the floor
     floor = parse_size(small.execute("SELECT current_setting('memory_limit')").fetchall()[0][0].replace(" ", ""))
     assert abs(floor - MIN_DUCKDB_MEMORY) < 1 << 20
+
+
+def test_the_join_stays_within_its_memory_budget(tmp_path):
+    """The promise of ``--memory-limit``: the join process's peak RSS (imports included) stays under the budget,
+    here the smallest accepted, 896 MiB (DuckDB gets its 256 MiB floor), on 1.5M events."""
+    import subprocess
+    import sys
+
+    cat = write_synthetic_store(tmp_path / "db", n_products=20_000, n_lives=20, slices_per_live=50, dim=16)
+    log = make_event_log(cat, n_events=1_500_000, n_users=150_000, seed=1)
+    write_events(log.drop_columns(["true_item_id", "true_product_key"]), tmp_path / "events.parquet")
+    del log, cat
+    code = f"""
+import resource
+from pathlib import Path
+from cope.join import join_behaviour
+d = Path({str(tmp_path)!r})
+r = join_behaviour(d / "events.parquet", d / "db", d / "joined", memory_limit="896MiB", threads=2,
+                   content_links=False)
+print("PEAK", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, r.report.events.valid)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    peak_mib, valid = (int(x) for x in out.stdout.split("PEAK", 1)[1].split())
+    assert valid == 1_500_000
+    print(f"join peak RSS {peak_mib} MiB")
+    assert peak_mib < 896, f"peak RSS {peak_mib} MiB over the 896 MiB budget"
