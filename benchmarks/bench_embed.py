@@ -119,12 +119,14 @@ def bench_video(arch: str, n_videos: int, threads: int, work: Path) -> dict:
 
 
 _RSS_CHILD = """
-import json, resource, sys
+import json, sys
 from cope.job import embed
 from cope.encoders import create_encoder
 s = embed(sys.argv[1], sys.argv[2], encoder=create_encoder("open_clip:cope-tiny-16", threads=2), batch_size=64,
           write_every=512, progress=False)
-print(json.dumps({"items": s.items, "seconds": s.seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM, not ru_maxrss: a spawned child's ru_maxrss starts at its parent's peak on Linux
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(json.dumps({"items": s.items, "seconds": s.seconds, "peak_rss_mb": hwm / 1024}))
 """
 
 

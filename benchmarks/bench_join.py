@@ -1,6 +1,6 @@
 """Benchmark of the behaviour join: 10M events x 1M items (dim 128), against a naive pandas merge.
 
-Each phase runs in its own subprocess, which reports its wall time and its own peak RSS (``ru_maxrss`` of that
+Each phase runs in its own subprocess, which reports its wall time and its own peak RSS (``VmHWM`` of that
 process, imports included), so the numbers of one phase do not leak into the next.
 
     .venv/bin/python benchmarks/bench_join.py --dir /tmp/bench_join            # everything (~5 min)
@@ -38,7 +38,13 @@ PHASES = ("generate", "join", "hand", "profiles", "content", "pandas", "downstre
 
 
 def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """This process's peak RSS: VmHWM where there is /proc (``ru_maxrss`` of a spawned process starts at its
+    parent's peak on Linux), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _cpu_s() -> float:
