@@ -21,22 +21,15 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-import numpy as np
 from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.media: photo-like pictures
+from tests.media import photo  # noqa: E402
 
 
 def make_photo(path: Path, i: int, size: int = 800) -> None:
-    """A photo-like 800x800 JPEG: smooth gradient, noise and a few shapes (so JPEG size is realistic)."""
-    rng = np.random.default_rng(i)
-    y, x = np.mgrid[0:size, 0:size] / size
-    base = np.stack([120 + 100 * x, 120 + 80 * y, 150 + 60 * (1 - x)], axis=-1)
-    arr = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
-    im = Image.fromarray(arr)
-    d = ImageDraw.Draw(im)
-    for _ in range(6):
-        x0, y0 = rng.integers(0, size - 200, 2)
-        d.ellipse([x0, y0, x0 + rng.integers(50, 200), y0 + rng.integers(50, 200)], fill=tuple(rng.integers(0, 255, 3)))
-    im.save(path, quality=90)
+    """A photo-like 800x800 JPEG (``tests.media.photo``: gradient, noise, shapes, so JPEG size is realistic)."""
+    photo(size, size, seed=i, shapes=6).save(path, quality=90)
 
 
 def catalog(folder: Path, n: int) -> Path:

@@ -40,8 +40,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.conftest: the tiny model's config
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_embed: 800x800 photos
 
-import numpy as np
-from PIL import Image, ImageDraw
+import numpy as np  # noqa: E402
+
+from tests.media import photo  # noqa: E402
 
 
 def make_images(folder: Path, n: int, lo: int = 64, hi: int = 128) -> Path:
@@ -51,17 +52,8 @@ def make_images(folder: Path, n: int, lo: int = 64, hi: int = 128) -> Path:
     for i in range(n):
         path = folder / f"{i}.jpg"
         if not path.exists():
-            rng = np.random.default_rng(i)
-            w, h = (int(v) for v in rng.integers(lo, hi + 1, 2))
-            y, x = np.mgrid[0:h, 0:w]
-            base = np.stack([120 + 100 * x / w, 120 + 80 * y / h, 150 + 60 * (1 - x / w)], axis=-1)
-            im = Image.fromarray(np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8))
-            draw = ImageDraw.Draw(im)
-            for _ in range(3):
-                x0, y0 = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
-                draw.ellipse([x0, y0, x0 + int(rng.integers(8, w // 2)), y0 + int(rng.integers(8, h // 2))],
-                             fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
-            im.save(path, quality=90)
+            w, h = (int(v) for v in np.random.default_rng(i).integers(lo, hi + 1, 2))
+            photo(w, h, seed=i, shapes=3).save(path, quality=90)
         lines.append(json.dumps({"domain": "image", "image_id": f"i{i}", "uri": path.name}))
     manifest = folder / f"images_{n}.jsonl"
     manifest.write_text("\n".join(lines) + "\n")

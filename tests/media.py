@@ -5,9 +5,24 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageDraw
 
 from cope.demo import draw_product, write_video
+
+
+def photo(width: int, height: int, seed: int, shapes: int = 5) -> Image.Image:
+    """A photo-like picture: a smooth gradient, sensor-like noise and ``shapes`` filled ellipses (so that JPEG sizes
+    and decoding costs are realistic). Tests and benchmarks use it."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([120 + 100 * x / width, 120 + 80 * y / height, 150 + 60 * (1 - x / width)], axis=-1)
+    im = Image.fromarray(np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(im)
+    for _ in range(shapes):
+        x0, y0 = int(rng.integers(0, width // 2)), int(rng.integers(0, height // 2))
+        draw.ellipse([x0, y0, x0 + width // 3, y0 + height // 3], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    return im
 
 
 def save_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (64, 48), fmt: str | None = None, **kw) -> Path:

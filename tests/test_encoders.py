@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from cope.encoders import create_encoder, l2_normalize
 from cope.encoders.transforms import Uint8Transform, uint8_twin
@@ -15,6 +15,7 @@ from cope.extractors.image import load_image
 from cope.fusion import FusionConfig, fuse
 from cope.vectors import mean_vector
 from tests.conftest import TINY_MODEL
+from tests.media import photo
 
 
 def test_tiny_model_from_temp_config_is_normalised_and_deterministic(tiny_config_dir: Path) -> None:
@@ -56,19 +57,6 @@ def test_checkpoint_file_and_local_dir_load_with_fingerprint(tiny_config_dir: Pa
     shutil.rmtree(folder)
 
 
-def _photo(width: int, height: int, seed: int) -> Image.Image:
-    """A photo-like picture: a smooth gradient, sensor-like noise and a few filled ellipses."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([120 + 100 * x / width, 120 + 80 * y / height, 150 + 60 * (1 - x / width)], axis=-1)
-    im = Image.fromarray(np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(im)
-    for _ in range(5):
-        x0, y0 = int(rng.integers(0, width // 2)), int(rng.integers(0, height // 2))
-        draw.ellipse([x0, y0, x0 + width // 3, y0 + height // 3], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
-    return im
-
-
 PHOTO_SIZES = [(800, 800), (640, 480), (300, 700), (100, 80), (33, 500)]
 
 
@@ -84,7 +72,7 @@ def test_uint8_preprocessing_matches_open_clips_own_transform(tiny_config_dir: P
     enc = create_encoder(f"open_clip:{TINY_MODEL}")
     transform = enc.image_transform()
     assert isinstance(transform, Uint8Transform) and transform.interpolation == "bicubic"
-    images = [_photo(w, h, i) for i, (w, h) in enumerate(PHOTO_SIZES)] + [Image.new("L", (60, 40), 90)]
+    images = [photo(w, h, i) for i, (w, h) in enumerate(PHOTO_SIZES)] + [Image.new("L", (60, 40), 90)]
     ours = [enc.preprocess(im) for im in images]
     reference = [enc.reference_transform(im) for im in images]
     assert all(t.dtype == torch.uint8 and t.shape == r.shape == (3, 32, 32) for t, r in zip(ours, reference))
@@ -101,7 +89,7 @@ def test_draft_decoding_and_uint8_preprocessing_keep_the_vectors(tiny_config_dir
     ours, reference = [], []
     for i, (w, h) in enumerate([(800, 800), (1600, 1200), (500, 900)]):
         path = tmp_path / f"{i}.jpg"
-        _photo(w, h, i).save(path, quality=90)
+        photo(w, h, i).save(path, quality=90)
         drafted = load_image(str(path), size_hint=enc.image_size)
         assert max(drafted.size) < max(w, h)
         ours.append(enc.preprocess(drafted))
