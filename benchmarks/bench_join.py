@@ -327,15 +327,7 @@ def main() -> None:
         return
     Path(a.dir).mkdir(parents=True, exist_ok=True)
     results = []
-    passthrough, skip = [], False
-    for x in sys.argv[1:]:  # every flag but --phases goes to the phase processes
-        if skip or x.startswith("--phases="):
-            skip = False
-            continue
-        if x == "--phases":
-            skip = True
-            continue
-        passthrough.append(x)
+    passthrough = without_flag(sys.argv[1:], "--phases")  # every other flag goes to the phase processes
     if a.compare:
         compare(a, passthrough)
         return
@@ -344,6 +336,20 @@ def main() -> None:
         results.append(res)
         print(json.dumps(res), flush=True)
     (Path(a.dir) / "results.json").write_text(json.dumps(results, indent=2))
+
+
+def without_flag(argv: list[str], flag: str) -> list[str]:
+    """``argv`` less ``flag`` and its value (``--flag V`` or ``--flag=V``)."""
+    out, skip = [], False
+    for x in argv:
+        if skip or x.startswith(flag + "="):
+            skip = False
+            continue
+        if x == flag:
+            skip = True
+            continue
+        out.append(x)
+    return out
 
 
 def run_subprocess(phase: str, args: list[str]) -> dict:
@@ -361,15 +367,7 @@ def compare(a: argparse.Namespace, passthrough: list[str]) -> None:
     DuckDB at the former 2 GB and the hand-written query, alternated (A B C A B C ...)."""
     import statistics
 
-    args, skip = [], False
-    for x in passthrough:  # every flag but --compare N
-        if skip or x.startswith("--compare="):
-            skip = False
-            continue
-        if x == "--compare":
-            skip = True
-            continue
-        args.append(x)
+    args = without_flag(passthrough, "--compare")
     contenders = {"join": ("join", args),
                   "join@2GB": ("join", [*args, "--memory-limit", a.old_memory_limit]),
                   "hand": ("hand", args)}
