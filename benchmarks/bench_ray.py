@@ -5,7 +5,7 @@
 
 Generates small JPEGs (64-128 px, PIL) under /tmp, starts a real two-node Ray cluster on this machine
 (``ray.cluster_utils.Cluster``: two raylets and two object stores of 150 MiB, 1 CPU each, under a private
-``RAY_TMPDIR``; ``--soft-limit``: see :func:`start_cluster`), and for each model, after one first Ray run that
+``RAY_TMPDIR``; ``--soft-limit``: see :func:`tests.ray_nodes.two_node_cluster`), and for each model, after one first Ray run that
 starts the worker processes (timed apart), runs in A B C D A B C D order, into fresh tables:
 
 - A: the local job (``cope.job.embed``, ``--threads`` torch threads, 2 extraction threads),
@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_embed: 800x800
 import numpy as np  # noqa: E402
 
 from tests.media import photo  # noqa: E402
+from tests.ray_nodes import two_node_cluster  # noqa: E402
 
 
 def make_images(folder: Path, n: int, lo: int = 64, hi: int = 128) -> Path:
@@ -111,23 +112,6 @@ def stage_rates(model: str, manifest: Path, large: Path | None = None, n: int = 
     return out
 
 
-def start_cluster(tmp: str, soft_limit: int = 0):
-    """A head and a worker node, 1 CPU each (Ray's own test helper; the same processes as ``ray start``).
-
-    ``soft_limit`` > 0 sets Ray's ``num_workers_soft_limit`` (idle worker processes a node keeps; by default as many
-    as it has CPUs, here 1: the others are killed after 1 s idle, and the next task pays a new process and its
-    imports, ~10 s with torch on this machine)."""
-    from ray.cluster_utils import Cluster
-
-    os.environ["RAY_TMPDIR"] = tmp  # the cluster's address file stays out of /tmp/ray: no other ray.init() finds it
-    cluster = Cluster(shutdown_at_exit=True)
-    cluster.add_node(num_cpus=1, include_dashboard=False,
-                     **({"_system_config": {"num_workers_soft_limit": soft_limit}} if soft_limit else {}))
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    return cluster
-
-
 def run_once(kind: str, db: Path, manifest: Path, images: int, *, local_cfg, ray_cfg, address: str,
              per_task: int) -> float:
     """Seconds of one run into a fresh table: ``local``, or ``ray<N>`` (N actors of 0.5 CPU on the cluster)."""
@@ -186,7 +170,6 @@ def main() -> None:
         large = catalog(work / "large", args.large)
     print(f"{args.images} JPEGs (64-128 px) in {work / 'images'} ({time.perf_counter() - t0:.1f} s)", flush=True)
 
-    import ray
 
     from cope._torchvision_fix import ensure_torchvision_importable
 
@@ -197,17 +180,12 @@ def main() -> None:
     logging.getLogger("cope.ray_engine").addHandler(sizes)
     logging.getLogger("cope.ray_engine").setLevel(logging.INFO)
 
-    saved_env = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "COPE_MODEL_CONFIGS")}
-    ray_tmp = tempfile.mkdtemp(prefix="cope-rb-", dir="/tmp")
-    os.environ.pop("COPE_MODEL_CONFIGS", None)  # the nodes get it from the job's runtime env (embed_ray forwards it)
     t0 = time.perf_counter()
-    cluster = start_cluster(ray_tmp, args.soft_limit)
-    cluster_s = time.perf_counter() - t0
-    os.environ["COPE_MODEL_CONFIGS"] = str(configs)
-    print(f"two-node cluster up in {cluster_s:.1f} s at {cluster.address}", flush=True)
-    results: dict = {"images": args.images, "cpus": os.cpu_count(), "cluster_start_s": cluster_s,
-                     "num_workers_soft_limit": args.soft_limit or "ray default", "models": {}}
-    try:
+    with two_node_cluster(configs, args.soft_limit) as cluster:
+        cluster_s = time.perf_counter() - t0
+        print(f"two-node cluster up in {cluster_s:.1f} s at {cluster.address}", flush=True)
+        results: dict = {"images": args.images, "cpus": os.cpu_count(), "cluster_start_s": cluster_s,
+                         "num_workers_soft_limit": args.soft_limit or "ray default", "models": {}}
         for arch in archs:
             model = f"open_clip:{arch}"
             local_cfg = EmbedConfig(model=model, threads=args.threads, progress=False, compact=False)
@@ -255,15 +233,6 @@ def main() -> None:
                   f"model {rates['model_per_thread']:.0f} img/s ({rates['image_gflops_per_image']:.2f} GFLOPs/img)"
                   " | stage payloads "
                   + ", ".join(f"{k} {v:,} B" for k, v in sizes.sizes.items()), flush=True)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        shutil.rmtree(ray_tmp, ignore_errors=True)
     out = Path("benchmarks/results")
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_ray.json").write_text(json.dumps(results, indent=2))

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from cope.pipeline import EncoderSpec
 from cope.store import ItemStore
 from tests.conftest import TINY_MODEL
 from tests.media import corrupt_file, save_image
+from tests.ray_nodes import two_node_cluster
 
 ray = pytest.importorskip("ray")
 ray_engine = pytest.importorskip("cope.ray_engine")
@@ -30,38 +29,12 @@ ray_engine = pytest.importorskip("cope.ray_engine")
 
 @pytest.fixture(scope="module")
 def two_nodes(tiny_config_dir: Path):
-    """A head and a worker node, 1 CPU each, started and shut down here.
-
-    The nodes run under a private Ray temp dir (``RAY_TMPDIR``), so the cluster's address file never reaches other
-    ``ray.init()`` calls on this shared machine, and they start without ``COPE_MODEL_CONFIGS``: the tiny model's
-    config folder reaches the workers only through the runtime environment ``embed_ray`` forwards.
-    """
-    from ray.cluster_utils import Cluster
-
+    """A head and a worker node, 1 CPU each (:func:`tests.ray_nodes.two_node_cluster`); Ray keeps 8 idle workers
+    per node, so that on 1-CPU nodes not every task starts a process and imports torch again."""
     if ray.is_initialized():
         ray.shutdown()
-    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "COPE_MODEL_CONFIGS")}
-    tmp = tempfile.mkdtemp(prefix="cope-rc-", dir="/tmp")  # short: Ray's socket paths live under it
-    os.environ["RAY_TMPDIR"] = tmp
-    os.environ.pop("COPE_MODEL_CONFIGS", None)
-    cluster = Cluster(shutdown_at_exit=True)
-    try:
-        # Ray keeps as many idle workers as a node has CPUs (1) and kills the others after 1 s: on 1-CPU nodes every
-        # task would start a process and import torch again (see docs/distributed.md, known constraints)
-        cluster.add_node(num_cpus=1, include_dashboard=False, _system_config={"num_workers_soft_limit": 8})
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        os.environ["COPE_MODEL_CONFIGS"] = str(tiny_config_dir)
+    with two_node_cluster(tiny_config_dir, soft_limit=8) as cluster:
         yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _rows(db: Path) -> dict[str, dict]:
